@@ -1,0 +1,96 @@
+"""A small byte-level BPE tokenizer trained on curated text, with the K2.5 special tokens.
+
+K2.5 ships a tiktoken BPE of 163,840 entries with a Han-aware split regex (RECIPE.md 1.4). Our
+corpus is English, so the GPT-2 byte-level split is enough; what must match K2.5 is the set of
+special tokens and the chat format, because the data and model code depend on them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from curation.shards import CuratedSet, iter_samples
+from infra import storage
+
+PAD = "[PAD]"
+BOS = "[BOS]"
+EOS = "[EOS]"
+SPECIAL_TOKENS = [
+    PAD, BOS, EOS,
+    "<|im_system|>", "<|im_user|>", "<|im_assistant|>", "<|im_middle|>", "<|im_end|>",
+    "<|media_begin|>", "<|media_content|>", "<|media_pad|>", "<|media_end|>",
+    "<think>", "</think>",
+]
+TOKENIZER_FILE = "tokenizer.json"
+ROLE_TOKENS = {"system": "<|im_system|>", "user": "<|im_user|>", "assistant": "<|im_assistant|>"}
+
+
+@dataclass
+class TokenizerArtifact:
+    uri: str  # the tokenizer.json file
+    digest: str  # sha256 of tokenizer.json
+    vocab_size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_tokenizer(text_set_uri: str, out_uri: str, vocab_size: int = 4096) -> TokenizerArtifact:
+    """Train on every text sample of a curated text set, in shard order (deterministic)."""
+    curated = CuratedSet.load(text_set_uri)
+    if curated.modality != "text":
+        raise ValueError(f"{text_set_uri} holds {curated.modality} samples, not text")
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be at least {len(alphabet) + len(SPECIAL_TOKENS)}, got {vocab_size}")
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,  # ids 0..13, [PAD] = 0
+        initial_alphabet=alphabet,  # all 256 bytes, so any input encodes without an unknown token
+        min_frequency=2,
+        show_progress=False,
+    )
+    texts = (sample["text"] for sample in iter_samples(text_set_uri))
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=curated.num_samples)
+
+    with tempfile.TemporaryDirectory(prefix="tokenizer-") as tmp:
+        path = Path(tmp) / TOKENIZER_FILE
+        tokenizer.save(str(path))
+        digest = storage.sha256_file(path)
+        uri = storage.join(out_uri, TOKENIZER_FILE)
+        storage.upload_file(path, uri)
+    return TokenizerArtifact(uri=uri, digest=digest, vocab_size=tokenizer.get_vocab_size())
+
+
+def load_tokenizer(uri: str, cache_dir: str | Path | None = None) -> Tokenizer:
+    """Load from a tokenizer.json URI or the folder holding it (local or s3://). With cache_dir,
+    an S3 file is also kept there as a local copy; without it, it is read straight into memory."""
+    if not uri.endswith(".json"):
+        uri = storage.join(uri, TOKENIZER_FILE)
+    if cache_dir is None:
+        return Tokenizer.from_str(storage.read_text(uri))
+    return Tokenizer.from_file(str(storage.local_copy(uri, cache_dir)))
+
+
+def chat_template(messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """K2.5 chat format: `<|im_user|>user<|im_middle|>hi<|im_end|>` per turn.
+
+    With add_generation_prompt the string ends with an open assistant turn for the model to fill.
+    """
+    parts = []
+    for message in messages:
+        role = message["role"]
+        if role not in ROLE_TOKENS:
+            raise ValueError(f"unknown chat role {role!r}; expected one of {sorted(ROLE_TOKENS)}")
+        parts.append(f"{ROLE_TOKENS[role]}{role}<|im_middle|>{message['content']}<|im_end|>")
+    if add_generation_prompt:
+        parts.append("<|im_assistant|>assistant<|im_middle|>")
+    return "".join(parts)

@@ -1,0 +1,162 @@
+"""One artifact root URI for everything the pipeline writes: a local folder or `s3://bucket/prefix`.
+
+Every function takes a URI. A URI without a scheme (or `file://`) is a local path; `s3://` goes
+through boto3, which honours `AWS_ENDPOINT_URL_S3` (moto in tests, any S3-compatible store in
+production). Writes of single objects are atomic on both backends: locally through a temporary
+name and `os.replace`, on S3 because a PUT is atomic.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts onto a URI with '/' (S3) or the OS separator (local)."""
+    clean = [p.strip("/") for p in parts if p]
+    if is_s3(root):
+        return "/".join([root.rstrip("/"), *clean])
+    return str(Path(_local(root)).joinpath(*clean))
+
+
+def _local(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise ValueError(f"S3 URI has no bucket: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.lru_cache(maxsize=1)
+def s3_client():
+    """One boto3 client per process (boto3 clients are thread-safe; creating them is slow)."""
+    import boto3
+
+    return boto3.client("s3")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = Path(_local(uri))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except s3_client().exceptions.NoSuchKey as e:
+            raise FileNotFoundError(uri) from e
+    return Path(_local(uri)).read_bytes()
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        from botocore.exceptions import ClientError
+
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+    return Path(_local(uri)).exists()
+
+
+def list_files(uri: str) -> list[str]:
+    """All file URIs under a prefix (recursive), sorted."""
+    if is_s3(uri):
+        bucket, prefix = _split_s3(uri.rstrip("/") + "/")
+        out = []
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            out += [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
+        return sorted(out)
+    root = Path(_local(uri))
+    if not root.is_dir():
+        return []
+    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
+def upload_file(local_path: str | Path, uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().upload_file(str(local_path), bucket, key)
+        return
+    dest = Path(_local(uri))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.copyfile(local_path, tmp)
+    os.replace(tmp, dest)
+
+
+def download_file(uri: str, local_path: str | Path) -> Path:
+    local_path = Path(local_path)
+    local_path.parent.mkdir(parents=True, exist_ok=True)
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        s3_client().download_file(bucket, key, str(local_path))
+    else:
+        shutil.copyfile(_local(uri), local_path)
+    return local_path
+
+
+def local_copy(uri: str, cache_dir: str | Path) -> Path:
+    """A local path holding the object: the file itself when local, a download when on S3."""
+    if not is_s3(uri):
+        return Path(_local(uri))
+    bucket, key = _split_s3(uri)
+    return download_file(uri, Path(cache_dir) / bucket / key)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_root_writable(root: str) -> None:
+    """Fail early, naming the root, when the artifact root cannot be written."""
+    probe = join(root, ".write-probe")
+    try:
+        write_bytes(probe, b"ok")
+    except Exception as e:  # noqa: BLE001 - re-raised with the root named
+        raise RuntimeError(f"artifact root {root!r} is not writable: {e}") from e

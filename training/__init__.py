@@ -1,0 +1,1 @@
+"""Training programs started by torchrun; importable without Dagster."""
