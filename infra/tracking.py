@@ -19,6 +19,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, L
 
 STAGE_TAG = "k25.stage"
 DAGSTER_RUN_TAG = "dagster.run_id"
+FULL_DIGEST_TAG = "k25.sha256"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -94,8 +95,11 @@ class Tracker:
 
     # ---- lineage
     def log_datasets(self, run_id: str, datasets: list[DatasetRef]) -> None:
-        inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest, source_type=d.source_type, source=d.source),
-                               tags=[InputTag("mlflow.data.context", d.context)]) for d in datasets]
+        # MLflow caps a dataset digest at 36 characters: the first 32 hex digits of the sha256
+        # identify it; the full digest rides along as an input tag.
+        inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest[:32], source_type=d.source_type, source=d.source),
+                               tags=[InputTag("mlflow.data.context", d.context), InputTag(FULL_DIGEST_TAG, d.digest)])
+                  for d in datasets]
         self.client.log_inputs(run_id, datasets=inputs)
 
     def log_model_input(self, run_id: str, model_id: str) -> None:

@@ -102,7 +102,7 @@ def _tiny() -> Profile:
         stages={
             # No pretrained decoder exists at tiny scale, so the caption loss trains the small LLM
             # too; at k25 scale stage 1 trains only the ViT against a frozen decoder.
-            "vit_warmup": StageConfig(steps=40, lr=3e-3, checkpoint_every=20, **vision_only),
+            "vit_warmup": StageConfig(steps=100, lr=3e-3, checkpoint_every=50, log_every=10, **vision_only),
             "joint_pretrain": StageConfig(steps=60, lr=3e-3, checkpoint_every=30),
             "midtrain": StageConfig(steps=20, seq_len=256, batch_size=2, lr=1e-3, rope_scale=2.0, checkpoint_every=10),
             # Zero-vision SFT and RL on text: the encoder is frozen (no vision tokens reach it).
@@ -150,31 +150,45 @@ def load_profile(name: str) -> Profile:
 
 def _coerce(field_type, raw: str, key: str):
     text = str(raw).strip()
-    if field_type in (int, "int"):
+    kind = str(field_type)
+    if kind in ("int", "<class 'int'>"):
         return int(text)
-    if field_type in (float, "float"):
+    if kind in ("float", "<class 'float'>"):
         return float(text)
-    if field_type in (str, "str"):
+    if kind in ("str", "<class 'str'>"):
         return text
-    if "tuple" in str(field_type):
+    if kind in ("bool", "<class 'bool'>"):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError("expected true or false")
+        return text.lower() in ("true", "1")
+    if kind.startswith(("tuple", "list")):
         return tuple(s.strip() for s in text.split(",") if s.strip())
+    if "None" in kind and text.lower() == "none":
+        return None
+    if "int" in kind:  # int | None
+        return int(text)
     raise ConfigError(f"override {key!r} has unsupported type {field_type}")
+
+
+def apply_overrides(obj, overrides: dict[str, str] | None, what: str):
+    """A copy of dataclass `obj` with string overrides coerced to the field types; unknown
+    fields and unparsable values raise ConfigError naming them."""
+    fields = {f.name: f.type for f in dataclasses.fields(obj)}
+    values = {}
+    for key, raw in (overrides or {}).items():
+        if key not in fields:
+            raise ConfigError(f"unknown override {key!r} for {what}; known fields: {sorted(fields)}")
+        try:
+            values[key] = _coerce(fields[key], raw, key)
+        except ValueError as e:
+            raise ConfigError(f"override {key}={raw!r} for {what} is not a valid {fields[key]}: {e}") from e
+    return dataclasses.replace(obj, **values)
 
 
 def stage_config(profile: str, stage: str, overrides: dict[str, str] | None = None) -> StageConfig:
     """The validated config of one stage: profile defaults, then `overrides` (field -> string)."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; known: {STAGES}")
-    base = load_profile(profile).stages[stage]
-    fields = {f.name: f.type for f in dataclasses.fields(StageConfig)}
-    values = {}
-    for key, raw in (overrides or {}).items():
-        if key not in fields:
-            raise ConfigError(f"unknown override {key!r} for stage {stage!r}; known fields: {sorted(fields)}")
-        try:
-            values[key] = _coerce(fields[key], raw, key)
-        except ValueError as e:
-            raise ConfigError(f"override {key}={raw!r} is not a valid {fields[key]}: {e}") from e
-    cfg = dataclasses.replace(base, **values)
+    cfg = apply_overrides(load_profile(profile).stages[stage], overrides, f"stage {stage!r}")
     cfg.validate(stage)
     return cfg

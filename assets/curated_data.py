@@ -1,0 +1,102 @@
+"""Curated data sets, one asset per source kind: text, image-text and video.
+
+Each writes deterministic WebDataset shards plus a Parquet manifest to a fresh folder under the
+artifact root (`curated/<kind>/<dagster run id>/`), so a training run's recorded data URI always
+holds exactly the bytes it trained on. The data version is the set's content digest: an
+unchanged source gives the same digest and downstream assets stay fresh.
+"""
+
+
+import dagster as dg
+
+from assets.common import check_specs, upstream_metadata
+from curation.image_text import ImageCurationConfig, curate_image_text
+from curation.preview import preview_markdown
+from curation.shards import CuratedSet
+from curation.text import TextCurationConfig, curate_text
+from curation.video import VideoCurationConfig, curate_video
+from pipelines.resources import ArtifactStore, MlflowTracking
+from training.config import ConfigError, apply_overrides, load_profile
+
+CODE_VERSION = "curation-v1"
+CURATION_CHECKS = ("has_samples", "rejected_fraction_below_threshold")
+
+
+class CurationRunConfig(dg.Config):
+    profile: str = "tiny"
+    overrides: dict[str, str] = {}  # fields of the kind's curation config, e.g. max_digits: "200"
+    max_rejected_fraction: float = 0.5  # the blocking check fails above this share of rejected samples
+
+
+def _curation_config(default, config: CurationRunConfig):
+    try:
+        load_profile(config.profile)
+        cfg = apply_overrides(default, config.overrides, type(default).__name__)
+        cfg.validate()
+        return cfg
+    except (ConfigError, ValueError) as e:
+        raise dg.Failure(description=f"invalid curation config: {e}") from e
+
+
+def _result(context, mlflow: MlflowTracking, asset: str, curated: CuratedSet, config: CurationRunConfig) -> dg.MaterializeResult:
+    rejected = sum(curated.rejected.values())
+    fraction = rejected / max(1, rejected + curated.num_samples)
+    tracker, run_id = mlflow.stage_run(context, asset)
+    tracker.log_metrics(run_id, {"num_samples": curated.num_samples, "rejected": rejected,
+                                 "rejected_fraction": fraction}, step=0, synchronous=True)
+    tracker.client.set_tag(run_id, "k25.data_digest", curated.digest)
+    tracker.finish(run_id)
+    metadata = {
+        "set_uri": curated.uri, "manifest_uri": curated.manifest_uri, "digest": curated.digest,
+        "num_samples": curated.num_samples, "num_shards": curated.num_shards,
+        "rejected_by_reason": dg.MetadataValue.json(curated.rejected),
+        "stats": dg.MetadataValue.json(curated.stats),
+        "preview": dg.MetadataValue.md(preview_markdown(curated.uri, curated.modality)),
+        "mlflow_run": tracker.run_url(run_id),
+    }
+    checks = [
+        dg.AssetCheckResult(check_name="has_samples", asset_key=asset, passed=curated.num_samples > 0,
+                            metadata={"num_samples": curated.num_samples}),
+        dg.AssetCheckResult(check_name="rejected_fraction_below_threshold", asset_key=asset,
+                            passed=fraction <= config.max_rejected_fraction,
+                            metadata={"rejected_fraction": fraction, "threshold": config.max_rejected_fraction}),
+    ]
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(curated.digest), check_results=checks)
+
+
+@dg.asset(group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
+          check_specs=check_specs("text_corpus", CURATION_CHECKS))
+def text_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, artifacts: ArtifactStore,
+                mlflow: MlflowTracking) -> dg.MaterializeResult:
+    """Text documents (CPython reference prose, the KJV bible by chapter): Unicode-normalised,
+    filtered by length and letter share, split when long, exact duplicates removed."""
+    cfg = _curation_config(TextCurationConfig(), config)
+    curated = curate_text(artifacts.uri("curated", "text", context.run_id), cfg)
+    return _result(context, mlflow, "text_corpus", curated, config)
+
+
+@dg.asset(group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
+          check_specs=check_specs("image_text_corpus", CURATION_CHECKS))
+def image_text_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, artifacts: ArtifactStore,
+                      mlflow: MlflowTracking) -> dg.MaterializeResult:
+    """Captioned images (scikit-image samples, labelled scikit-learn digits), validated and resized
+    to a multiple of 28 px so each image becomes whole 2x2-merged patch tokens."""
+    cfg = _curation_config(ImageCurationConfig(), config)
+    curated = curate_image_text(artifacts.uri("curated", "image_text", context.run_id), cfg)
+    return _result(context, mlflow, "image_text_corpus", curated, config)
+
+
+@dg.asset(group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
+          check_specs=check_specs("video_corpus", CURATION_CHECKS))
+def video_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, artifacts: ArtifactStore,
+                 mlflow: MlflowTracking) -> dg.MaterializeResult:
+    """Real video clips decoded with PyAV (streaming), sampled at min(sample_fps, native fps) and
+    grouped into 4-frame chunks, each with its hh:mm:ss.fff start time."""
+    cfg = _curation_config(VideoCurationConfig(), config)
+    curated = curate_video(artifacts.uri("curated", "video", context.run_id), cfg)
+    return _result(context, mlflow, "video_corpus", curated, config)
+
+
+def curated_set_of(context: dg.AssetExecutionContext, key: str) -> CuratedSet:
+    """The CuratedSet written by the latest materialization of a curation asset."""
+    return CuratedSet.load(upstream_metadata(context, key, ("set_uri",))["set_uri"])

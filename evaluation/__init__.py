@@ -1,0 +1,1 @@
+"""Evaluation harness: suites, scorers and reports."""

@@ -1,0 +1,92 @@
+"""Dagster resources: the artifact root, MLflow tracking and the torchrun launcher.
+
+Defaults are the embedded setup for one machine: everything under `$K25_HOME` (default
+`./.k25`): artifacts in `artifacts/`, MLflow in `mlflow.db` (sqlite). Production points
+`K25_ARTIFACT_ROOT` at `s3://bucket/prefix` and `MLFLOW_TRACKING_URI` at a server or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from infra import launcher, storage
+from infra.tracking import Tracker, check_reachable
+
+
+def k25_home() -> Path:
+    return Path(os.environ.get("K25_HOME", Path.cwd() / ".k25")).resolve()
+
+
+def default_artifact_root() -> str:
+    return os.environ.get("K25_ARTIFACT_ROOT", str(k25_home() / "artifacts"))
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{k25_home() / 'mlflow.db'}")
+
+
+def default_data_root() -> str:
+    return str(Path(os.environ.get("K25_DATA_ROOT", Path.cwd().parent / "shared" / "data")).resolve())
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    """One artifact root URI: a local folder or `s3://bucket/prefix`."""
+
+    root: str
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        storage.check_root_writable(self.root)
+
+    def uri(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """MLflow through an explicit client; checked for reachability before any step runs."""
+
+    tracking_uri: str
+    experiment: str = "k25"
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if not self.tracking_uri.startswith("sqlite:///"):
+            check_reachable(self.tracking_uri)
+            return
+        # Parallel Dagster steps would race to create the sqlite schema; the first one creates
+        # it under a file lock, the others then find it.
+        db = Path(self.tracking_uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            check_reachable(self.tracking_uri)
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri, self.experiment)
+
+    def stage_run(self, context: dg.AssetExecutionContext, stage: str) -> tuple[Tracker, str]:
+        """(tracker, child run id) for this asset inside the parent run of this Dagster run."""
+        tracker = self.tracker()
+        parent = tracker.parent_run(context.run_id, context.job_name)
+        tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
+                "dagster.code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or ""}
+        return tracker, tracker.child_run(parent, stage, tags)
+
+
+class TorchrunLauncher(dg.ConfigurableResource):
+    """Runs a stage program with torchrun under Dagster Pipes; rank 0 reports back."""
+
+    nproc_per_node: int = 0  # 0: the profile's value
+    python: str = ""  # empty: this interpreter
+
+    def run(self, context: dg.AssetExecutionContext, module: str, program_args: list[str], nproc_per_node: int,
+            extras: dict | None = None, env: dict[str, str] | None = None) -> dg.MaterializeResult:
+        n = self.nproc_per_node or nproc_per_node
+        command = launcher.torchrun_command(module, program_args, n, self.python or None)
+        context.log.info("launching: " + " ".join(command))
+        client = dg.PipesSubprocessClient(cwd=str(launcher.PROJECT_ROOT))
+        invocation = client.run(context=context, command=command, extras=extras or {},
+                                env={**launcher.program_env(), **(env or {})})
+        return invocation.get_materialize_result()
