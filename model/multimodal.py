@@ -68,6 +68,7 @@ class K25Model(nn.Module):
             mask = (causal[None] & ~pad[:, None, :])[:, None]
             mask = mask | torch.eye(window, dtype=torch.bool, device=device)  # pad rows attend to self
             logits = self(batch, None, mask)[:, -1].float()
+            logits[:, self.media_pad_id] = float("-inf")  # placeholders come from data, never from sampling
             nxt = sample_next(logits, temperature, top_p, generator)
             for i, t in enumerate(nxt.tolist()):
                 if done[i]:

@@ -1,8 +1,8 @@
 """Dagster resources: the artifact root, MLflow tracking and the torchrun launcher.
 
-Defaults are the embedded setup for one machine: everything under `$K25_HOME` (default
-`./.k25`): artifacts in `artifacts/`, MLflow in `mlflow.db` (sqlite). Production points
-`K25_ARTIFACT_ROOT` at `s3://bucket/prefix` and `MLFLOW_TRACKING_URI` at a server or PostgreSQL.
+Defaults (infra/settings.py) are the embedded setup for one machine: everything under
+`$K25_HOME` (default `./.k25`). Production points `K25_ARTIFACT_ROOT` at `s3://bucket/prefix`
+and `MLFLOW_TRACKING_URI` at a server or PostgreSQL.
 """
 
 from __future__ import annotations
@@ -14,23 +14,8 @@ from pathlib import Path
 import dagster as dg
 
 from infra import launcher, storage
+from infra.settings import default_artifact_root, default_data_root, default_tracking_uri  # noqa: F401 (re-exported)
 from infra.tracking import Tracker, check_reachable
-
-
-def k25_home() -> Path:
-    return Path(os.environ.get("K25_HOME", Path.cwd() / ".k25")).resolve()
-
-
-def default_artifact_root() -> str:
-    return os.environ.get("K25_ARTIFACT_ROOT", str(k25_home() / "artifacts"))
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{k25_home() / 'mlflow.db'}")
-
-
-def default_data_root() -> str:
-    return str(Path(os.environ.get("K25_DATA_ROOT", Path.cwd().parent / "shared" / "data")).resolve())
 
 
 class ArtifactStore(dg.ConfigurableResource):

@@ -1,0 +1,124 @@
+"""Shared fixtures: an S3 server on loopback (moto) and fresh PostgreSQL databases.
+
+Both servers are started or reached once per session; each test gets its own bucket or database
+name, so tests never see each other's state. Only loopback addresses are used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from any test folder
+_REPO = str(Path(__file__).resolve().parents[1])
+if _REPO not in sys.path:  # the project packages, also when pytest is not started from the repo
+    sys.path.insert(0, _REPO)
+
+import helpers  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+
+
+# ----------------------------------------------------------------------------------------------
+# S3 (moto server mode, so subprocesses such as torchrun ranks reach it too)
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The endpoint URL of a moto S3 server on 127.0.0.1 (ephemeral port).
+
+    For the session, AWS_ENDPOINT_URL_S3 points at it and dummy credentials are set, so plain
+    `boto3.client("s3")` in this process and in every child process targets moto; the previous
+    environment is restored afterwards. `storage.s3_client` is re-created on both edges."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    from moto.server import ThreadedMotoServer
+
+    from infra import storage
+
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=0, verbose=False)  # never 0.0.0.0
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # no real profile or credentials file may leak in
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    unset = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION")
+    try:
+        with helpers.patched_environ(env, unset):
+            storage.s3_client.cache_clear()
+            yield endpoint
+    finally:
+        storage.s3_client.cache_clear()
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """`s3://<fresh bucket>/<prefix>` on the session's moto server."""
+    from infra import storage
+
+    bucket = helpers.unique_name("k25-test")
+    storage.s3_client().create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/k25"
+
+
+# ----------------------------------------------------------------------------------------------
+# PostgreSQL: fresh databases on the server at 127.0.0.1:5432 (trust auth)
+
+POSTGRES_ADMIN = {"host": LOOPBACK, "port": 5432, "user": "postgres", "dbname": "postgres"}
+
+
+def _admin_connection():
+    import psycopg2
+
+    conn = psycopg2.connect(connect_timeout=3, **POSTGRES_ADMIN)
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
+    return conn
+
+
+def postgres_url_for(db: str, driver: str = "postgresql") -> str:
+    a = POSTGRES_ADMIN
+    return f"{driver}://{a['user']}@{a['host']}:{a['port']}/{db}"
+
+
+@pytest.fixture(scope="session")
+def postgres_db_factory():
+    """`make(prefix) -> database name`: creates a fresh, uniquely named database; every database
+    made this way is dropped at the end of the session (WITH (FORCE) closes pooled connections
+    that Dagster or MLflow still hold). Skips when PostgreSQL is not reachable."""
+    psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2 is not installed")
+    try:
+        admin = _admin_connection()
+    except psycopg2.OperationalError as e:
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN['host']}:{POSTGRES_ADMIN['port']} "
+                    f"as user {POSTGRES_ADMIN['user']}: {str(e).strip()}")
+    created: list[str] = []
+
+    def make(prefix: str = "k25_test") -> str:
+        name = helpers.unique_name(prefix, sep="_")
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        with admin.cursor() as cur:
+            for name in created:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_db_factory):
+    """`postgresql://postgres@127.0.0.1:5432/<fresh db>`, one per session, dropped afterwards."""
+    return postgres_url_for(postgres_db_factory("k25_test"))

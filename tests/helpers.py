@@ -1,0 +1,104 @@
+"""Small helpers shared by the tests: environment save/restore, tiny curated data, torchrun."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+
+def unique_name(prefix: str, sep: str = "-") -> str:
+    """A lower-case name unique to this call (valid as an S3 bucket or PostgreSQL database name)."""
+    return f"{prefix}{sep}{os.getpid()}{sep}{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.contextmanager
+def patched_environ(set_vars: dict[str, str], unset: tuple[str, ...] = ()):
+    """Set and unset environment variables, restoring the previous values on exit (usable at any
+    fixture scope, unlike pytest's function-scoped monkeypatch)."""
+    names = set(set_vars) | set(unset)
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        for name in unset:
+            os.environ.pop(name, None)
+        os.environ.update(set_vars)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny curated data (a few seconds): real sources, test-sized caps
+
+TINY_TEXT = {"max_docs_per_source": 20}
+TINY_IMAGE = {"max_digits": 20}
+TINY_VIDEO = {"max_chunks_per_video": 1}
+TINY_VOCAB = 512
+
+
+@dataclass
+class TinyData:
+    sets: dict  # name -> CuratedSet
+    tokenizer: object  # TokenizerArtifact
+    mixture: dict
+    mixture_uri: str  # the mixture.json URI
+
+
+def build_tiny_data(root_uri: str, vision_ratio: float = 0.1) -> TinyData:
+    """Curate tiny text, image-text and video sets, train a tokenizer and build a mixture, all
+    under `root_uri` (a local folder or s3:// prefix)."""
+    from curation.image_text import ImageCurationConfig, curate_image_text
+    from curation.mixture import MIXTURE_FILE, build_mixture
+    from curation.text import TextCurationConfig, curate_text
+    from curation.tokenizer import train_tokenizer
+    from curation.video import VideoCurationConfig, curate_video
+    from infra import storage
+
+    sets = {
+        "text": curate_text(storage.join(root_uri, "text"), TextCurationConfig(**TINY_TEXT)),
+        "image_text": curate_image_text(storage.join(root_uri, "image_text"), ImageCurationConfig(**TINY_IMAGE)),
+        "video": curate_video(storage.join(root_uri, "video"), VideoCurationConfig(**TINY_VIDEO)),
+    }
+    tok = train_tokenizer(sets["text"].uri, storage.join(root_uri, "tokenizer"), vocab_size=TINY_VOCAB)
+    mix_root = storage.join(root_uri, "mixture")
+    mixture = build_mixture(sets, tok, mix_root, vision_ratio=vision_ratio)
+    return TinyData(sets, tok, mixture, storage.join(mix_root, MIXTURE_FILE))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage programs under torchrun
+
+def stage_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a stage program gets from the launcher (this process's environment, so
+    the moto endpoint and credentials set by the fixtures travel along), with the data root set
+    and no MLflow or Dagster Pipes state leaking in from the caller."""
+    from infra import launcher
+
+    env = launcher.program_env()
+    env["OMP_NUM_THREADS"] = "1"
+    env["K25_DATA_ROOT"] = str(DATA_ROOT)
+    for name in ("MLFLOW_TRACKING_URI", "DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES"):
+        env.pop(name, None)
+    env.update(extra or {})
+    return env
+
+
+def run_torchrun(module: str, args: list[str], nproc: int = 2, env: dict[str, str] | None = None,
+                 timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m torch.distributed.run --standalone` on `module`; stdout and stderr merged."""
+    from infra import launcher
+
+    cmd = launcher.torchrun_command(module, args, nproc, sys.executable)
+    return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env or stage_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout)

@@ -1,0 +1,198 @@
+"""Dagster materializations through Pipes and 2-rank torchrun, MLflow lineage, and bad input.
+
+One module-scoped run materializes the data assets and two chained training stages
+(vit_warmup -> joint_pretrain) with small overrides; the other tests read what it left.
+"""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from infra import lineage, storage
+from pipelines import build_definitions
+from training import checkpoint
+
+pytestmark = pytest.mark.integration
+
+DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SMALL_DATA = {
+    "text_corpus": {"overrides": {"max_docs_per_source": "30"}},
+    "image_text_corpus": {"overrides": {"max_digits": "60", "include_skimage": "false"}},
+    "video_corpus": {"overrides": {"max_chunks_per_video": "2"}},
+    "tokenizer": {"vocab_size": 600},
+}
+SHORT_TRAIN = {"overrides": {"steps": "6", "checkpoint_every": "3", "log_every": "2"}}
+DATA_ASSETS = ["text_corpus", "image_text_corpus", "video_corpus", "tokenizer", "mixture"]
+
+
+def run(defs, instance, assets, ops_config):
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        run_config={"ops": {k: {"config": v} for k, v in ops_config.items()}},
+        instance=instance, asset_selection=[dg.AssetKey(a) for a in assets], raise_on_error=False)
+
+
+def failure_messages(result) -> str:
+    """Every error message in the run's events, with their causes (resource init included)."""
+    parts = []
+    for event in result.all_events:
+        data = event.event_specific_data
+        for attr in ("error", "user_failure_data"):
+            value = getattr(data, attr, None) if data is not None else None
+            while value is not None:
+                parts.append(str(getattr(value, "description", None) or getattr(value, "message", value)))
+                value = getattr(value, "cause", None)
+    return "\n".join(parts)
+
+
+def latest_metadata(instance, key: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    saved = dict(os.environ)
+    os.environ["K25_DATA_ROOT"] = str(DATA_ROOT)
+    root = tmp_path_factory.mktemp("pipeline")
+    tracking = f"sqlite:///{root}/mlflow.db"
+    (root / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
+        defs = build_definitions(artifact_root=str(root / "art"), tracking_uri=tracking)
+        result = run(defs, instance, DATA_ASSETS + ["vit_warmup", "joint_pretrain"],
+                     {**SMALL_DATA, "vit_warmup": SHORT_TRAIN, "joint_pretrain": SHORT_TRAIN})
+        yield {"root": root, "tracking": tracking, "instance": instance, "defs": defs, "result": result}
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_chained_training_stages_materialize(env):
+    result = env["result"]
+    assert result.success, failure_messages(result)
+    instance = env["instance"]
+    vit, joint = latest_metadata(instance, "vit_warmup"), latest_metadata(instance, "joint_pretrain")
+    # joint pre-training started from the warm-up's checkpoint, reported through Pipes by rank 0 only
+    assert joint["init_from"] == vit["checkpoint_uri"]
+    for md in (vit, joint):
+        manifest, digest = checkpoint.read_manifest(md["checkpoint_uri"])
+        assert md["checkpoint_digest"] == digest
+        assert manifest["world_size"] == 2 and manifest["step"] == 6
+        assert md["loss_last"] < md["loss_first"]
+    event = instance.get_latest_materialization_event(dg.AssetKey("joint_pretrain"))
+    assert event.asset_materialization.tags["dagster/data_version"] == joint["checkpoint_digest"]
+
+
+def test_blocking_checks_ran_and_passed(env):
+    evaluations = env["result"].get_asset_check_evaluations()
+    names = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in evaluations}
+    assert names[("joint_pretrain", "checkpoint_manifest_present")] is True
+    assert names[("vit_warmup", "loss_is_finite")] is True
+    assert names[("mixture", "sources_present")] is True
+    assert all(names.values()), names
+
+
+def test_mlflow_lineage_walks_back_to_data_digests(env, capsys):
+    client = MlflowClient(env["tracking"])
+    node = lineage.resolve(client, "k25", "joint_pretrain")
+    mixture_md = latest_metadata(env["instance"], "mixture")
+    digests = lineage.data_digests(node)
+    assert digests["mixture"] == mixture_md["digest"]
+    assert digests["text"] == latest_metadata(env["instance"], "text_corpus")["digest"]
+    upstream_models = [p for p in node.parents if p.kind == "model"]
+    assert [m.stage for m in upstream_models] == ["vit_warmup"]
+    assert upstream_models[0].details["checkpoint_uri"] == latest_metadata(env["instance"], "vit_warmup")["checkpoint_uri"]
+    # the CLI prints the same chain
+    assert lineage.main(["--tracking-uri", env["tracking"], "joint_pretrain"]) == 0
+    out = capsys.readouterr().out
+    assert "[vit_warmup]" in out and mixture_md["digest"][:16] in out
+
+
+def test_single_stage_rematerializes_from_upstream(env):
+    before = latest_metadata(env["instance"], "joint_pretrain")
+    result = run(env["defs"], env["instance"], ["joint_pretrain"], {"joint_pretrain": SHORT_TRAIN})
+    assert result.success, failure_messages(result)
+    after = latest_metadata(env["instance"], "joint_pretrain")
+    assert after["init_from"] == before["init_from"]
+    assert after["run_dir"] != before["run_dir"]  # a new run never overwrites an older checkpoint
+    assert storage.exists(storage.join(before["checkpoint_uri"], "manifest.json"))
+
+
+# ---- bad input fails before any training process starts
+
+def _no_new_checkpoints(env, stage: str, before: int) -> bool:
+    return len(storage.list_files(str(env["root"] / "art" / "checkpoints" / stage))) == before
+
+
+def _count(env, stage: str) -> int:
+    return len(storage.list_files(str(env["root"] / "art" / "checkpoints" / stage)))
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"profile": "huge"}, "unknown profile 'huge'"),
+    ({"overrides": {"steps": "-3"}}, "steps must be > 0"),
+    ({"overrides": {"stepz": "3"}}, "unknown override 'stepz'"),
+    ({"overrides": {"lr": "fast"}}, "lr='fast'"),
+])
+def test_invalid_config_fails_before_launch(env, config, message):
+    before = _count(env, "joint_pretrain")
+    result = run(env["defs"], env["instance"], ["joint_pretrain"], {"joint_pretrain": config})
+    assert not result.success
+    assert message in failure_messages(result)
+    assert _no_new_checkpoints(env, "joint_pretrain", before)
+
+
+def test_missing_upstream_checkpoint_fails(env, tmp_path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as fresh:
+        result = run(env["defs"], fresh, ["midtrain"], {})
+    assert not result.success
+    assert "missing upstream" in failure_messages(result)
+
+
+def test_deleted_upstream_checkpoint_fails(env):
+    md = latest_metadata(env["instance"], "joint_pretrain")
+    manifest = Path(md["checkpoint_uri"]) / "manifest.json"
+    body = manifest.read_bytes()
+    manifest.unlink()
+    try:
+        result = run(env["defs"], env["instance"], ["midtrain"], {"midtrain": SHORT_TRAIN})
+    finally:
+        manifest.write_bytes(body)
+    assert not result.success
+    assert "missing upstream checkpoint of 'joint_pretrain'" in failure_messages(result)
+    assert _count(env, "midtrain") == 0
+
+
+def test_unreachable_tracking_server_fails_at_start(env):
+    defs = build_definitions(artifact_root=str(env["root"] / "art"), tracking_uri="http://127.0.0.1:9")
+    before = _count(env, "joint_pretrain")
+    result = run(defs, env["instance"], ["joint_pretrain"], {"joint_pretrain": SHORT_TRAIN})
+    assert not result.success
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in failure_messages(result)
+    assert _no_new_checkpoints(env, "joint_pretrain", before)
+
+
+# ---- the stage programs on their own (no Dagster): bad input exits with a message, no training
+
+def _program(env, *args):
+    import subprocess
+    import sys
+
+    mix = latest_metadata(env["instance"], "mixture")["mixture_uri"]
+    cmd = [sys.executable, "-m", "training.pretrain", "--mixture", mix, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "joint_pretrain", "--profile", "bogus"], "unknown profile 'bogus'"),
+    (["--stage", "joint_pretrain", "--init-from", "/nonexistent/step_000001"], "no checkpoint at /nonexistent/step_000001"),
+    (["--stage", "vit_warmup", "--resume", "must"], "--resume must: no committed checkpoint"),
+])
+def test_program_rejects_bad_input(env, tmp_path, args, message):
+    proc = _program(env, "--run-dir", str(tmp_path / "run"), *args)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -1,0 +1,125 @@
+"""Stage configs: profiles, string overrides (as they arrive from the Dagster UI) and validation."""
+
+import dataclasses
+
+import pytest
+
+from model.config import PRESETS
+from training.config import (MODULE_GROUPS, PROFILES, STAGES, ConfigError, StageConfig, apply_overrides,
+                             load_profile, stage_config)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_every_stage_of_every_profile_validates(profile):
+    p = load_profile(profile)
+    assert p.name == profile and p.model in PRESETS
+    assert set(p.stages) == set(STAGES)
+    for stage in STAGES:
+        cfg = stage_config(profile, stage)
+        assert isinstance(cfg, StageConfig)
+        assert cfg == p.stages[stage]  # no overrides: the profile's own values
+
+
+def test_profiles_encode_the_recipe():
+    tiny = load_profile("tiny")
+    assert tiny.stages["vit_warmup"].sources == ("image_text", "video")
+    assert tiny.stages["joint_pretrain"].vision_ratio == pytest.approx(0.1)
+    assert tiny.stages["midtrain"].rope_scale > 1
+    for stage in ("sft", "rl", "parl"):
+        assert tiny.stages[stage].sources == ("text",) and tiny.stages[stage].trainable == ("llm",)
+    k25 = load_profile("k25")
+    assert k25.stages["vit_warmup"].trainable == ("vision",)
+    assert k25.stages["midtrain"].seq_len > k25.stages["joint_pretrain"].seq_len
+    # Profiles are built fresh on each load: mutating one never leaks into the next.
+    tiny.stages["sft"].steps = 999
+    assert load_profile("tiny").stages["sft"].steps != 999
+
+
+def test_unknown_profile_and_stage():
+    with pytest.raises(ConfigError, match="unknown profile 'huge'"):
+        stage_config("huge", "sft")
+    with pytest.raises(ConfigError, match="unknown profile"):
+        load_profile("")
+    with pytest.raises(ConfigError, match="unknown stage 'pretrain'"):
+        stage_config("tiny", "pretrain")
+
+
+def test_unknown_override_key_names_it():
+    with pytest.raises(ConfigError, match="unknown override 'stepz'"):
+        stage_config("tiny", "sft", {"stepz": "3"})
+
+
+@pytest.mark.parametrize("key,value", [("steps", "ten"), ("steps", "1.5"), ("lr", "fast"), ("batch_size", "")])
+def test_unparsable_override_is_a_config_error(key, value):
+    with pytest.raises(ConfigError, match=f"override {key}="):
+        stage_config("tiny", "joint_pretrain", {key: value})
+
+
+def test_override_coercion():
+    cfg = stage_config("tiny", "joint_pretrain", {
+        "steps": " 12 ", "lr": "1e-4", "rope_scale": "2", "answer_style": " final ",
+        "trainable": "vision, projector", "sources": "text,video,", "temperature": "0.5"})
+    assert cfg.steps == 12 and isinstance(cfg.steps, int)
+    assert cfg.lr == pytest.approx(1e-4) and isinstance(cfg.lr, float)
+    assert cfg.rope_scale == 2.0 and isinstance(cfg.rope_scale, float)
+    assert cfg.answer_style == "final"
+    assert cfg.trainable == ("vision", "projector")
+    assert cfg.sources == ("text", "video")
+    assert cfg.temperature == 0.5
+    # Non-string values (e.g. ints from a run config) are coerced the same way.
+    assert stage_config("tiny", "sft", {"steps": 7}).steps == 7
+    # The profile object is not mutated by overrides.
+    assert load_profile("tiny").stages["joint_pretrain"].steps == 60
+
+
+def test_apply_overrides_returns_a_copy():
+    base = StageConfig()
+    new = apply_overrides(base, {"steps": "3"}, "test")
+    assert new.steps == 3 and base.steps == StageConfig().steps
+    assert apply_overrides(base, None, "test") == base
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"steps": "0"}, "steps must be > 0"),
+    ({"batch_size": "-1"}, "batch_size must be > 0"),
+    ({"group_size": "0"}, "group_size must be > 0"),
+    ({"lr": "0"}, "lr must be > 0"),
+    ({"lr": "nan"}, "lr must be > 0"),
+    ({"vision_ratio": "1.0"}, "vision_ratio"),
+    ({"vision_ratio": "-0.1"}, "vision_ratio"),
+    ({"vision_ratio": "nan"}, "vision_ratio"),
+    ({"ratio_low": "1.5"}, "ratio_low"),
+    ({"ratio_low": "0"}, "ratio_low"),
+    ({"ratio_high": "0.9"}, "ratio_high"),
+    ({"rope_scale": "0.5"}, "rope_scale"),
+    ({"answer_style": "essay"}, "answer_style"),
+    ({"sources": "text,audio"}, "unknown sources"),
+    ({"trainable": "vision,decoder"}, "trainable"),
+    ({"trainable": ""}, "trainable"),
+    ({"trainable": " , "}, "trainable"),
+])
+def test_out_of_range_values_are_rejected(overrides, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        stage_config("tiny", "joint_pretrain", overrides)
+    assert "joint_pretrain" in str(info.value)
+
+
+def test_all_errors_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        stage_config("tiny", "rl", {"steps": "0", "lr": "-1", "trainable": "x"})
+    msg = str(info.value)
+    assert "steps must be > 0" in msg and "lr must be > 0" in msg and "trainable" in msg
+
+
+@pytest.mark.parametrize("subset", ["vision", "projector", "llm", "vision,projector", "projector,llm",
+                                    "vision,projector,llm"])
+def test_every_trainable_subset_is_accepted(subset):
+    cfg = stage_config("tiny", "joint_pretrain", {"trainable": subset})
+    assert set(cfg.trainable) <= set(MODULE_GROUPS) and cfg.trainable == tuple(subset.split(","))
+
+
+def test_validate_directly():
+    StageConfig().validate("x")
+    with pytest.raises(ConfigError):
+        dataclasses.replace(StageConfig(), seq_len=0).validate("x")
+    assert issubclass(ConfigError, ValueError)
