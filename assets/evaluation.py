@@ -6,8 +6,15 @@ evaluation -> checkpoint -> ... -> data digests."""
 
 import dagster as dg
 
-from assets.common import (StageRunConfig, check_specs, metadata_value, mixture_uri, overrides_args, resolve_stage,
-                           upstream_checkpoint)
+from assets.common import (
+    StageRunConfig,
+    check_specs,
+    metadata_value,
+    mixture_uri,
+    overrides_args,
+    resolve_stage,
+    upstream_checkpoint,
+)
 from infra import storage
 from infra.tracking import DatasetRef
 from pipelines.resources import ArtifactStore, MlflowTracking, TorchrunLauncher, default_data_root

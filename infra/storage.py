@@ -26,10 +26,11 @@ def join(root: str, *parts: str) -> str:
     clean = [p.strip("/") for p in parts if p]
     if is_s3(root):
         return "/".join([root.rstrip("/"), *clean])
-    return str(Path(_local(root)).joinpath(*clean))
+    return str(Path(local_path(root)).joinpath(*clean))
 
 
-def _local(uri: str) -> str:
+def local_path(uri: str) -> str:
+    """The filesystem path of a local URI (strips `file://`)."""
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
@@ -53,7 +54,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         bucket, key = _split_s3(uri)
         s3_client().put_object(Bucket=bucket, Key=key, Body=data)
         return
-    path = Path(_local(uri))
+    path = Path(local_path(uri))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
     with os.fdopen(fd, "wb") as f:
@@ -70,7 +71,7 @@ def read_bytes(uri: str) -> bytes:
             return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
         except s3_client().exceptions.NoSuchKey as e:
             raise FileNotFoundError(uri) from e
-    return Path(_local(uri)).read_bytes()
+    return Path(local_path(uri)).read_bytes()
 
 
 def write_text(uri: str, text: str) -> None:
@@ -93,7 +94,7 @@ def exists(uri: str) -> bool:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise
-    return Path(_local(uri)).exists()
+    return Path(local_path(uri)).exists()
 
 
 def list_files(uri: str) -> list[str]:
@@ -104,39 +105,39 @@ def list_files(uri: str) -> list[str]:
         for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             out += [f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", [])]
         return sorted(out)
-    root = Path(_local(uri))
+    root = Path(local_path(uri))
     if not root.is_dir():
         return []
     return sorted(str(p) for p in root.rglob("*") if p.is_file())
 
 
-def upload_file(local_path: str | Path, uri: str) -> None:
+def upload_file(src: str | Path, uri: str) -> None:
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        s3_client().upload_file(str(local_path), bucket, key)
+        s3_client().upload_file(str(src), bucket, key)
         return
-    dest = Path(_local(uri))
+    dest = Path(local_path(uri))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.copyfile(local_path, tmp)
+    shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
 
 
-def download_file(uri: str, local_path: str | Path) -> Path:
-    local_path = Path(local_path)
-    local_path.parent.mkdir(parents=True, exist_ok=True)
+def download_file(uri: str, dest: str | Path) -> Path:
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     if is_s3(uri):
         bucket, key = _split_s3(uri)
-        s3_client().download_file(bucket, key, str(local_path))
+        s3_client().download_file(bucket, key, str(dest))
     else:
-        shutil.copyfile(_local(uri), local_path)
-    return local_path
+        shutil.copyfile(local_path(uri), dest)
+    return dest
 
 
 def local_copy(uri: str, cache_dir: str | Path) -> Path:
     """A local path holding the object: the file itself when local, a download when on S3."""
     if not is_s3(uri):
-        return Path(_local(uri))
+        return Path(local_path(uri))
     bucket, key = _split_s3(uri)
     return download_file(uri, Path(cache_dir) / bucket / key)
 

@@ -86,7 +86,12 @@ class Tracker:
         return run.info.run_id
 
     def finish(self, run_id: str, ok: bool = True) -> None:
+        """End a child run and bring its parent's status up to date (a failed child marks the
+        parent FAILED for good; otherwise the parent ends with its latest child)."""
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+        parent_id = self.client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+        if parent_id and (not ok or self.client.get_run(parent_id).info.status != "FAILED"):
+            self.client.set_terminated(parent_id, "FINISHED" if ok else "FAILED")
 
     def run_url(self, run_id: str) -> str:
         if self.tracking_uri.startswith("http"):

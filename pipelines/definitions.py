@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import (curated_data, evaluation, joint_pretrain, midtrain, mixture, parl, rl, sft, tokenizer,
-                    vit_warmup)
-from pipelines.resources import (ArtifactStore, MlflowTracking, TorchrunLauncher, default_artifact_root,
-                                 default_tracking_uri)
+from assets import curated_data, evaluation, joint_pretrain, midtrain, mixture, parl, rl, sft, tokenizer, vit_warmup
+from pipelines.resources import (
+    ArtifactStore,
+    MlflowTracking,
+    TorchrunLauncher,
+    default_artifact_root,
+    default_tracking_uri,
+)
 
 ASSET_MODULES = [curated_data, tokenizer, mixture, vit_warmup, joint_pretrain, midtrain, sft, rl, parl, evaluation]
 

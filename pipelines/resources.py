@@ -8,7 +8,6 @@ and `MLFLOW_TRACKING_URI` at a server or PostgreSQL.
 from __future__ import annotations
 
 import fcntl
-import os
 from pathlib import Path
 
 import dagster as dg

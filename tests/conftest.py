@@ -73,20 +73,12 @@ def s3_bucket(s3_server):
 # ----------------------------------------------------------------------------------------------
 # PostgreSQL: fresh databases on the server at 127.0.0.1:5432 (trust auth)
 
-POSTGRES_ADMIN = {"host": LOOPBACK, "port": 5432, "user": "postgres", "dbname": "postgres"}
-
-
 def _admin_connection():
     import psycopg2
 
-    conn = psycopg2.connect(connect_timeout=3, **POSTGRES_ADMIN)
+    conn = psycopg2.connect(connect_timeout=3, **helpers.POSTGRES_ADMIN)
     conn.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
     return conn
-
-
-def postgres_url_for(db: str, driver: str = "postgresql") -> str:
-    a = POSTGRES_ADMIN
-    return f"{driver}://{a['user']}@{a['host']}:{a['port']}/{db}"
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +90,8 @@ def postgres_db_factory():
     try:
         admin = _admin_connection()
     except psycopg2.OperationalError as e:
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN['host']}:{POSTGRES_ADMIN['port']} "
-                    f"as user {POSTGRES_ADMIN['user']}: {str(e).strip()}")
+        a = helpers.POSTGRES_ADMIN
+        pytest.skip(f"PostgreSQL is not reachable at {a['host']}:{a['port']} as user {a['user']}: {str(e).strip()}")
     created: list[str] = []
 
     def make(prefix: str = "k25_test") -> str:
@@ -120,5 +112,8 @@ def postgres_db_factory():
 
 @pytest.fixture(scope="session")
 def postgres_url(postgres_db_factory):
-    """`postgresql://postgres@127.0.0.1:5432/<fresh db>`, one per session, dropped afterwards."""
-    return postgres_url_for(postgres_db_factory("k25_test"))
+    """SQLAlchemy URL `postgresql+psycopg2://postgres@127.0.0.1:5432/<fresh db>` (one per session,
+    dropped afterwards), usable by dagster-postgres and MLflow; `helpers.libpq_url` turns it into
+    a URL for psycopg2.connect. The driver is explicit because SQLAlchemy 2.1 maps a bare
+    `postgresql://` to psycopg 3, which is not installed (only psycopg2-binary is)."""
+    return helpers.postgres_url_for(postgres_db_factory("k25_test"))

@@ -39,6 +39,25 @@ def patched_environ(set_vars: dict[str, str], unset: tuple[str, ...] = ()):
 
 
 # ----------------------------------------------------------------------------------------------
+# PostgreSQL URLs (the server the fixtures use: loopback, trust auth)
+
+POSTGRES_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+# SQLAlchemy >= 2.1 maps a bare "postgresql://" to psycopg 3; the project ships psycopg2-binary.
+SQLALCHEMY_PG_SCHEME = "postgresql+psycopg2"
+
+
+def postgres_url_for(db: str, scheme: str = SQLALCHEMY_PG_SCHEME) -> str:
+    a = POSTGRES_ADMIN
+    return f"{scheme}://{a['user']}@{a['host']}:{a['port']}/{db}"
+
+
+def libpq_url(url: str) -> str:
+    """`postgresql+driver://...` -> `postgresql://...` (what psycopg2.connect accepts)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+
+# ----------------------------------------------------------------------------------------------
 # Tiny curated data (a few seconds): real sources, test-sized caps
 
 TINY_TEXT = {"max_docs_per_source": 20}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -86,10 +85,10 @@ def save(run_dir: str, step: int, shared: dict[str, object], per_rank: dict[str,
         digest = storage.sha256_bytes(body)
         storage.write_bytes(storage.join(stage_uri, MANIFEST), body)
         if stage_uri != final_uri:
-            final = Path(storage._local(final_uri))
+            final = Path(storage.local_path(final_uri))
             if final.exists():  # a re-save of the same step (e.g. SIGTERM right after a periodic save)
                 shutil.rmtree(final)
-            Path(storage._local(stage_uri)).rename(final)
+            Path(storage.local_path(stage_uri)).rename(final)
         storage.write_text(storage.join(run_dir, "latest"), name)  # commit marker, last
     digest = _broadcast(digest)
     _barrier()
@@ -133,6 +132,3 @@ def load(ckpt_uri: str, rank: int = 0, names: tuple[str, ...] | None = None) -> 
         out[key] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     return out
 
-
-def local_scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="k25-ckpt-"))

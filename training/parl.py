@@ -28,8 +28,15 @@ from model.multimodal import K25Model
 from training import checkpoint
 from training.data import gsm8k_path, read_jsonl
 from training.engine import Engine, parse_args
-from training.policy import (cut_at_stop, group_advantages, k25_policy_loss, math_reward, prompt_ids,
-                             reference_answer, sequence_logprobs)
+from training.policy import (
+    RolloutCache,
+    cut_at_stop,
+    math_reward,
+    policy_step,
+    prompt_ids,
+    reference_answer,
+    sequence_logprobs,
+)
 
 
 def critical_steps(n_subtasks: int, n_agents: int) -> tuple[int, int]:
@@ -64,19 +71,14 @@ class Swarm:
     def __init__(self, engine: Engine, problems: list[dict]):
         self.engine, self.problems = engine, problems
         self.subagent = frozen_subagent(engine)
-        self.cache: dict[int, dict] = {}
-
-    def get(self, index: int) -> dict:
-        if index not in self.cache:
-            self.cache = {index: self._collect(index)}
-        return self.cache[index]
+        self.cache = RolloutCache(self.collect)
 
     def lambdas(self, step: int) -> tuple[float, float]:
         keep = max(0.0, 1.0 - step / max(1, self.engine.cfg.steps - 1))
         return self.engine.cfg.lambda_parallel * keep, self.engine.cfg.lambda_finish * keep
 
     @torch.no_grad()
-    def _collect(self, index: int) -> dict:
+    def collect(self, index: int) -> dict:
         e, cfg, vocab = self.engine, self.engine.cfg, self.engine.vocab
         rng = random.Random(f"{cfg.seed}:{e.rank}:{index}")
         tasks = [[self.problems[rng.randrange(len(self.problems))] for _ in range(cfg.swarm_subtasks)]
@@ -126,15 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     swarm = Swarm(engine, problems)
 
     def step_fn(step: int):
-        batch = swarm.get(step // cfg.updates_per_rollout)
-        engine.model.train()
-        logp, mask = sequence_logprobs(engine.model, batch["prompts"], batch["responses"], engine.vocab.pad)
-        adv = group_advantages(batch["rewards"], cfg.group_size).to(logp.device)
-        loss, stats = k25_policy_loss(logp, batch["logp_old"], adv, mask, cfg.ratio_low, cfg.ratio_high, cfg.kl_tau)
+        batch = swarm.cache.get(step // cfg.updates_per_rollout)
+        loss, stats, tokens = policy_step(engine, batch, cfg.group_size)
         lam_par, lam_fin = swarm.lambdas(step)
-        stats.update(reward_mean=float(batch["rewards"].mean()), lambda_parallel=lam_par, lambda_finish=lam_fin,
-                     **{f"swarm_{k}": v for k, v in batch["stats"].items()})
-        return loss, stats, int(mask.sum())
+        stats.update(lambda_parallel=lam_par, lambda_finish=lam_fin, **{f"swarm_{k}": v for k, v in batch["stats"].items()})
+        return loss, stats, tokens
 
     engine.fit(step_fn, lambda: {"seed": cfg.seed})
 

@@ -84,3 +84,28 @@ def cut_at_stop(ids: list[int], stop: set[int]) -> list[int]:
             return ids[: i + 1]
     return ids
 
+
+
+def policy_step(engine, batch: dict, group_size: int) -> tuple[torch.Tensor, dict[str, float], int]:
+    """One optimizer step's loss on a stored rollout batch (prompts, responses, rewards, pi_old)."""
+    cfg = engine.cfg
+    engine.model.train()
+    logp, mask = sequence_logprobs(engine.model, batch["prompts"], batch["responses"], engine.vocab.pad)
+    adv = group_advantages(batch["rewards"], group_size).to(logp.device)
+    loss, stats = k25_policy_loss(logp, batch["logp_old"], adv, mask, cfg.ratio_low, cfg.ratio_high, cfg.kl_tau)
+    stats.update(reward_mean=float(batch["rewards"].mean()), response_tokens=float(mask.sum() / mask.shape[0]))
+    return loss, stats, int(mask.sum())
+
+
+class RolloutCache:
+    """Keeps the current rollout batch; batch `i` must be a pure function of (seed, rank, i) so
+    a resumed run regenerates exactly what the interrupted one used."""
+
+    def __init__(self, collect):
+        self.collect = collect
+        self.index, self.batch = None, None
+
+    def get(self, index: int) -> dict:
+        if index != self.index:
+            self.index, self.batch = index, self.collect(index)
+        return self.batch

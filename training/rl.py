@@ -19,24 +19,24 @@ import torch
 
 from training.data import gsm8k_path, read_jsonl
 from training.engine import Engine, parse_args
-from training.policy import (cut_at_stop, group_advantages, k25_policy_loss, math_reward, prompt_ids,
-                             reference_answer, sequence_logprobs)
+from training.policy import (
+    RolloutCache,
+    cut_at_stop,
+    math_reward,
+    policy_step,
+    prompt_ids,
+    reference_answer,
+    sequence_logprobs,
+)
 
 
 class Rollouts:
-    """Rollout batch `i` is a pure function of (seed, rank, i), so resume replays it exactly."""
-
     def __init__(self, engine: Engine, problems: list[dict]):
         self.engine, self.problems = engine, problems
-        self.cache: dict[int, dict] = {}
-
-    def get(self, index: int) -> dict:
-        if index not in self.cache:
-            self.cache = {index: self._collect(index)}
-        return self.cache[index]
+        self.cache = RolloutCache(self.collect)
 
     @torch.no_grad()
-    def _collect(self, index: int) -> dict:
+    def collect(self, index: int) -> dict:
         e, cfg, vocab = self.engine, self.engine.cfg, self.engine.vocab
         rng = random.Random(f"{cfg.seed}:{e.rank}:{index}")
         picks = [self.problems[rng.randrange(len(self.problems))] for _ in range(cfg.prompts_per_step)]
@@ -64,14 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     rollouts = Rollouts(engine, problems)
 
     def step_fn(step: int):
-        batch = rollouts.get(step // cfg.updates_per_rollout)
-        engine.model.train()
-        logp, mask = sequence_logprobs(engine.model, batch["prompts"], batch["responses"], engine.vocab.pad)
-        adv = group_advantages(batch["rewards"], cfg.group_size).to(logp.device)
-        loss, stats = k25_policy_loss(logp, batch["logp_old"], adv, mask, cfg.ratio_low, cfg.ratio_high, cfg.kl_tau)
-        stats.update(reward_mean=float(batch["rewards"].mean()), correct_rate=float(batch["correct"].mean()),
-                     response_tokens=float(mask.sum() / mask.shape[0]))
-        return loss, stats, int(mask.sum())
+        batch = rollouts.cache.get(step // cfg.updates_per_rollout)
+        loss, stats, tokens = policy_step(engine, batch, cfg.group_size)
+        stats["correct_rate"] = float(batch["correct"].mean())
+        return loss, stats, tokens
 
     engine.fit(step_fn, lambda: {"seed": cfg.seed})
 

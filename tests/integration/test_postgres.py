@@ -11,7 +11,6 @@ import pytest
 from mlflow import MlflowClient
 
 import helpers
-from conftest import postgres_url_for
 from curation.tokenizer import load_tokenizer
 from infra import storage
 from infra.tracking import DatasetRef, Tracker, check_reachable
@@ -25,7 +24,7 @@ SELECTED = (*CURATION_ASSETS, "tokenizer")
 
 
 def _query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(url, connect_timeout=5)
+    conn = psycopg2.connect(helpers.libpq_url(url), connect_timeout=5)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(sql, params)
@@ -54,7 +53,7 @@ def test_dagster_materializations_persist_in_postgres(tmp_path, monkeypatch, pos
     home = tmp_path / "dagster_home"
     _write_dagster_yaml(home, postgres_url)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    mlflow_url = postgres_url_for(postgres_db_factory("k25_mlflow_dg"))
+    mlflow_url = helpers.postgres_url_for(postgres_db_factory("k25_mlflow_dg"))
 
     defs = build_definitions(artifact_root=str(tmp_path / "art"), tracking_uri=mlflow_url)
     run_config = {"ops": {
@@ -128,7 +127,7 @@ def test_dagster_materializations_persist_in_postgres(tmp_path, monkeypatch, pos
 def test_mlflow_lineage_in_postgres(tmp_path, monkeypatch, postgres_db_factory):
     monkeypatch.chdir(tmp_path)
     db = postgres_db_factory("k25_mlflow")
-    url = postgres_url_for(db)
+    url = helpers.postgres_url_for(db)
     check_reachable(url)  # creates the schema on first use
 
     tracker = Tracker(url, experiment="k25-lineage", artifact_location=(tmp_path / "mlartifacts").as_uri())
