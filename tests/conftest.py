@@ -17,7 +17,7 @@ _REPO = str(Path(__file__).resolve().parents[1])
 if _REPO not in sys.path:  # the project packages, also when pytest is not started from the repo
     sys.path.insert(0, _REPO)
 
-import helpers  # noqa: E402
+import helpers
 
 LOOPBACK = "127.0.0.1"
 

@@ -120,4 +120,4 @@ def run_torchrun(module: str, args: list[str], nproc: int = 2, env: dict[str, st
 
     cmd = launcher.torchrun_command(module, args, nproc, sys.executable)
     return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env or stage_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)

@@ -83,6 +83,13 @@ def test_chained_training_stages_materialize(env):
         assert md["loss_last"] < md["loss_first"]
     event = instance.get_latest_materialization_event(dg.AssetKey("joint_pretrain"))
     assert event.asset_materialization.tags["dagster/data_version"] == joint["checkpoint_digest"]
+    # the loss curve is shown in Dagster (markdown image) and stored in MLflow
+    curve = event.asset_materialization.metadata["loss_curve"]
+    assert isinstance(curve, dg.MarkdownMetadataValue) and curve.value.startswith("![joint_pretrain curves](data:image/png")
+    client = MlflowClient(env["tracking"])
+    assert [a.path for a in client.list_artifacts(joint["mlflow_run_id"], "plots")] == ["plots/joint_pretrain_curves.png"]
+    losses = client.get_metric_history(joint["mlflow_run_id"], "loss")
+    assert [m.step for m in losses] == [2, 4, 6]
 
 
 def test_blocking_checks_ran_and_passed(env):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import helpers
 import psycopg2
 import pytest
 from mlflow import MlflowClient
 
-import helpers
 from curation.tokenizer import load_tokenizer
 from infra import storage
 from infra.tracking import DatasetRef, Tracker, check_reachable

@@ -6,10 +6,10 @@ from __future__ import annotations
 import io
 import json
 
+import helpers
 import pytest
 import torch
 
-import helpers
 from curation.shards import CuratedSet, iter_samples
 from curation.text import TextCurationConfig, curate_text
 from curation.tokenizer import train_tokenizer

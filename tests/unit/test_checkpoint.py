@@ -98,6 +98,13 @@ def test_tampered_file_fails_verification(tmp_path, victim):
         checkpoint.load(uri)
 
 
+def test_missing_file_fails_load(tmp_path):
+    uri, _ = checkpoint.save(str(tmp_path / "run"), 5, *objects(5), {})
+    (tmp_path / "run" / "step_000005" / "model.pt").unlink()
+    with pytest.raises((CheckpointError, FileNotFoundError)):
+        checkpoint.load(uri)
+
+
 def test_tampered_file_not_read_is_not_reported(tmp_path):
     # Only the files that are loaded are verified: a damaged optimizer does not block init-from.
     uri, _ = checkpoint.save(str(tmp_path / "run"), 5, *objects(5), {})
