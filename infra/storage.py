@@ -64,13 +64,21 @@ def write_bytes(uri: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _missing(error) -> bool:
+    return error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
 def read_bytes(uri: str) -> bytes:
     if is_s3(uri):
+        from botocore.exceptions import ClientError
+
         bucket, key = _split_s3(uri)
         try:
             return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        except s3_client().exceptions.NoSuchKey as e:
-            raise FileNotFoundError(uri) from e
+        except ClientError as e:
+            if _missing(e):
+                raise FileNotFoundError(f"{uri} ({e.response['Error'].get('Code')})") from e
+            raise
     return Path(local_path(uri)).read_bytes()
 
 
@@ -92,6 +100,7 @@ def exists(uri: str) -> bool:
             return True
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                s3_client().head_bucket(Bucket=bucket)  # a missing bucket is an error, not "absent"
                 return False
             raise
     return Path(local_path(uri)).exists()
@@ -127,8 +136,15 @@ def download_file(uri: str, dest: str | Path) -> Path:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if is_s3(uri):
+        from botocore.exceptions import ClientError
+
         bucket, key = _split_s3(uri)
-        s3_client().download_file(bucket, key, str(dest))
+        try:
+            s3_client().download_file(bucket, key, str(dest))
+        except ClientError as e:
+            if _missing(e):
+                raise FileNotFoundError(f"{uri} ({e.response['Error'].get('Code')})") from e
+            raise
     else:
         shutil.copyfile(local_path(uri), dest)
     return dest

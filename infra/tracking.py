@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, Metric
 
+from infra import storage
+from infra.settings import default_artifact_root
+
 STAGE_TAG = "k25.stage"
 DAGSTER_RUN_TAG = "dagster.run_id"
 FULL_DIGEST_TAG = "k25.sha256"
@@ -59,6 +62,10 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment: str = "k25", artifact_location: str | None = None):
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        if artifact_location is None and not tracking_uri.startswith(("http://", "https://")):
+            # A database store would put run artifacts under ./mlruns of whatever directory a
+            # process runs in; keep them beside the pipeline's other artifacts instead.
+            artifact_location = storage.join(default_artifact_root(), "mlflow")
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             try:

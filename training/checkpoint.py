@@ -86,9 +86,13 @@ def save(run_dir: str, step: int, shared: dict[str, object], per_rank: dict[str,
         storage.write_bytes(storage.join(stage_uri, MANIFEST), body)
         if stage_uri != final_uri:
             final = Path(storage.local_path(final_uri))
-            if final.exists():  # a re-save of the same step (e.g. SIGTERM right after a periodic save)
-                shutil.rmtree(final)
+            old = None
+            if final.exists():  # a re-save of the same step: keep the old copy until the new one is in
+                old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex}")
+                final.rename(old)
             Path(storage.local_path(stage_uri)).rename(final)
+            if old is not None:
+                shutil.rmtree(old)
         storage.write_text(storage.join(run_dir, "latest"), name)  # commit marker, last
     digest = _broadcast(digest)
     _barrier()
@@ -114,8 +118,8 @@ def read_manifest(ckpt_uri: str) -> tuple[dict, str]:
 def load(ckpt_uri: str, rank: int = 0, names: tuple[str, ...] | None = None) -> dict[str, object]:
     """Load and verify a checkpoint's shared objects and this rank's per-rank objects.
 
-    `names` restricts which shared objects are read (e.g. only "model" when initialising a
-    new stage from an upstream checkpoint)."""
+    `names` restricts which objects are read, shared or per-rank (e.g. only "model" when
+    initialising a new stage from an upstream checkpoint)."""
     manifest, _ = read_manifest(ckpt_uri)
     out: dict[str, object] = {}
     for fname, entry in manifest["files"].items():
@@ -126,7 +130,10 @@ def load(ckpt_uri: str, rank: int = 0, names: tuple[str, ...] | None = None) -> 
                 continue
         if names is not None and key not in names:
             continue
-        data = storage.read_bytes(storage.join(ckpt_uri, fname))
+        try:
+            data = storage.read_bytes(storage.join(ckpt_uri, fname))
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{fname} is listed in the manifest of {ckpt_uri} but missing") from e
         if storage.sha256_bytes(data) != entry["sha256"]:
             raise CheckpointError(f"checksum mismatch for {fname} in {ckpt_uri}")
         out[key] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

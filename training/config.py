@@ -67,8 +67,18 @@ class StageConfig:
             errors.append(f"vision_ratio must be in [0, 1) (got {self.vision_ratio})")
         if not 0 < self.ratio_low < 1 < self.ratio_high:
             errors.append(f"need 0 < ratio_low < 1 < ratio_high (got {self.ratio_low}, {self.ratio_high})")
-        if self.rope_scale < 1:
+        if not self.rope_scale >= 1:  # also rejects NaN
             errors.append(f"rope_scale must be >= 1 (got {self.rope_scale})")
+        if not 0 < self.top_p <= 1:
+            errors.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        for name in ("temperature", "kl_tau", "warmup_steps", "format_reward"):
+            if not getattr(self, name) >= 0:
+                errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not self.grad_clip > 0:
+            errors.append(f"grad_clip must be > 0 (got {self.grad_clip})")
+        for name in ("min_lr_ratio", "decay_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                errors.append(f"{name} must be in [0, 1] (got {getattr(self, name)})")
         unknown = set(self.trainable) - set(MODULE_GROUPS)
         if unknown or not self.trainable:
             errors.append(f"trainable must be a non-empty subset of {MODULE_GROUPS} (got {self.trainable})")

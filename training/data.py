@@ -24,6 +24,7 @@ from infra import storage
 from model.vision import vision_token_count
 
 VISION_MODALITIES = ("image_text", "video")
+MIN_TEXT_PIECE = 8
 
 
 class Vocab:
@@ -139,9 +140,14 @@ class MixtureLoader:
                     pixels.append(px)
                     n_vision += seq.count(v.media_pad)
                     continue
+            # Text fills only up to the point where the row is back at the target ratio, so
+            # vision items keep coming; at least MIN_TEXT_PIECE tokens to keep some context.
+            take = room
+            if not self.text_only and self.vision_ratio > 0:
+                take = min(room, max(MIN_TEXT_PIECE, int(n_vision / self.vision_ratio) - len(toks)))
             d = self.text_docs[rng.randrange(len(self.text_docs))]
-            start = rng.randrange(max(1, len(d) - room + 1))
-            piece = d[start:start + room]
+            start = rng.randrange(max(1, len(d) - take + 1))
+            piece = d[start:start + take]
             doc += [n_docs] * len(piece)
             n_docs += 1
             toks += piece

@@ -48,7 +48,7 @@ def critical_steps(n_subtasks: int, n_agents: int) -> tuple[int, int]:
 
 def parse_agent_count(text: str, max_agents: int) -> int:
     """The first integer in the orchestrator's reply, clamped to [1, max]; none means serial (1)."""
-    m = re.search(r"\d+", text)
+    m = re.search(r"-?\d+", text)
     return min(max(int(m.group()), 1), max_agents) if m else 1
 
 

@@ -11,7 +11,7 @@ from curation.tokenizer import chat_template
 from model.multimodal import K25Model
 from training.data import Vocab
 
-_FINAL = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+_FINAL = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
 
 
 def final_answer(text: str) -> str | None:

@@ -1,7 +1,6 @@
 """The training loaders on a tiny real mixture (built once per session with the curation library):
 exact resume, rank sharding, placeholder accounting, targets, document masks, the vision share."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from training.parl import critical_steps, parse_agent_count
-from training.policy import (cut_at_stop, final_answer, group_advantages, k25_policy_loss, math_reward,
-                             reference_answer, sequence_logprobs)
+from training.policy import (
+    cut_at_stop,
+    final_answer,
+    group_advantages,
+    k25_policy_loss,
+    math_reward,
+    reference_answer,
+    sequence_logprobs,
+)
 
 # ----------------------------------------------------------------------------------------------
 # Answers and rewards

@@ -5,8 +5,16 @@ import dataclasses
 import pytest
 
 from model.config import PRESETS
-from training.config import (MODULE_GROUPS, PROFILES, STAGES, ConfigError, StageConfig, apply_overrides,
-                             load_profile, stage_config)
+from training.config import (
+    MODULE_GROUPS,
+    PROFILES,
+    STAGES,
+    ConfigError,
+    StageConfig,
+    apply_overrides,
+    load_profile,
+    stage_config,
+)
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
