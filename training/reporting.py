@@ -43,9 +43,10 @@ class Reporter:
     def log(self, message: str) -> None:
         if not self.active:
             return
-        print(f"[{self.stage}] {message}", flush=True)
-        if self.pipes is not None:
+        if self.pipes is not None:  # shown in the Dagster event log; stdout would repeat it
             self.pipes.log.info(message)
+        else:
+            print(f"[{self.stage}] {message}", flush=True)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         if not self.active:

@@ -183,3 +183,13 @@ def test_mlflow_lineage_in_postgres(tmp_path, monkeypatch, postgres_db_factory):
     assert _query(url, "SELECT name, digest FROM datasets ORDER BY name") == [("text", text_digest[:32]),
                                                                              ("tokenizer", tok_digest[:32])]
     assert _query(url, "SELECT count(*) FROM runs WHERE experiment_id = %s", (int(tracker.experiment_id),))[0][0] == 3
+
+
+def test_plain_postgresql_url_works_for_mlflow(postgres_db_factory):
+    """The URL form the README documents (`postgresql://`, psycopg 3 driver) is usable as is."""
+    url = helpers.postgres_url_for(postgres_db_factory("k25_plain"), scheme="postgresql")
+    check_reachable(url)
+    tracker = Tracker(url, "plain-url")
+    run_id = tracker.child_run(tracker.parent_run("dagster-run-plain"), "sft")
+    tracker.finish(run_id)
+    assert MlflowClient(url).get_run(run_id).info.status == "FINISHED"

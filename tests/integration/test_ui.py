@@ -1,0 +1,61 @@
+"""`dagster dev -m pipelines` serves the whole asset graph (queried over GraphQL on loopback)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+QUERY = '{ assetNodes { assetKey { path } dependencyKeys { path } } }'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_dagster_dev_serves_the_asset_graph(tmp_path):
+    port = free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "K25_HOME": str(tmp_path / "k25")}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # own process group: dagster dev's daemon and code server must die with it
+    proc = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "pipelines", "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        nodes, deadline = None, time.time() + 120
+        while time.time() < deadline:
+            try:
+                nodes = graphql(port, QUERY)["data"]["assetNodes"]
+                if nodes:
+                    break
+            except (OSError, KeyError, TypeError):
+                pass
+            assert proc.poll() is None, "dagster dev exited early"
+            time.sleep(2)
+        assert nodes, "the UI did not serve asset nodes within 120 s"
+        deps = {n["assetKey"]["path"][0]: sorted(d["path"][0] for d in n["dependencyKeys"]) for n in nodes}
+        assert deps["evaluation"] == ["mixture", "parl"]
+        assert deps["joint_pretrain"] == ["mixture", "vit_warmup"]
+        assert len(deps) == 12
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
