@@ -301,8 +301,8 @@ def test_model_preset_overrides_and_errors():
     assert cfg.vocab_size == 512 and PRESETS["tiny"].vocab_size == 4096  # the preset is not mutated
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         model_preset("huge")
-    with pytest.raises(ValueError, match="not divisible"):
-        model_preset("tiny", dim=130)
+    with pytest.raises(ValueError, match="qk_rope_head_dim must be even"):
+        model_preset("tiny", qk_rope_head_dim=7)
     with pytest.raises(ValueError, match="top_k"):
         model_preset("tiny", top_k=9)
     with pytest.raises(ValueError, match="n_dense_layers"):
