@@ -75,11 +75,27 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
-class MoE(nn.Module):
-    """Sigmoid-routed experts with aux-loss-free balancing and one shared expert.
+def _has_grouped_mm() -> bool:
+    return hasattr(torch, "_grouped_mm")
 
-    Expert weights are stored stacked ([E, ...]) so dispatch is a sort by expert plus one
-    batched matmul per expert group, not a loop over tokens.
+
+def grouped_matmul(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows of `x` sorted by expert times that expert's matrix: x[offs[e-1]:offs[e]] @ w[e].
+
+    One grouped GEMM (torch._grouped_mm) instead of a Python loop over experts; indexing a stacked
+    weight per expert would also make autograd materialise a full-size gradient per expert.
+    """
+    if _has_grouped_mm() and x.dtype in (torch.float32, torch.bfloat16) and x.dtype == w.dtype:
+        return torch._grouped_mm(x.contiguous(), w.contiguous(), offs=offsets)
+    bounds = [0, *offsets.tolist()]  # fallback: per-expert views (unbind keeps one gradient buffer)
+    return torch.cat([x[bounds[e]:bounds[e + 1]] @ we for e, we in enumerate(w.unbind(0))])
+
+
+class MoE(nn.Module):
+    """Sigmoid-routed experts with aux-loss-free balancing and one shared expert (RECIPE.md §1.3).
+
+    Expert weights are stacked ([E, ...]); dispatch sorts the (token, expert) pairs by expert once
+    and runs each projection as one grouped GEMM over all experts.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -96,8 +112,8 @@ class MoE(nn.Module):
         self.last_load: torch.Tensor | None = None  # tokens per expert in the last forward
 
     def route(self, x: torch.Tensor):
-        scores = torch.sigmoid(self.router(x).float())  # fp32 routing
-        _, idx = torch.topk(scores + self.expert_bias, self.top_k, dim=-1)
+        scores = torch.sigmoid(F.linear(x.float(), self.router.weight.float()))  # fp32 routing
+        _, idx = torch.topk(scores + self.expert_bias, self.top_k, dim=-1)  # bias: selection only
         gates = scores.gather(-1, idx)
         gates = gates / (gates.sum(-1, keepdim=True) + 1e-20) * self.scaling
         return idx, gates
@@ -111,17 +127,11 @@ class MoE(nn.Module):
         token_of = order // self.top_k
         counts = torch.bincount(expert_of, minlength=self.n_experts)
         self.last_load = counts.detach()
-        out = torch.zeros_like(flat)
-        start = 0
-        for e, n in enumerate(counts.tolist()):  # loop over experts, each a batched matmul
-            if n == 0:
-                continue
-            tok = token_of[start:start + n]
-            h = flat[tok]
-            y = (F.silu(h @ self.w_gate[e]) * (h @ self.w_up[e])) @ self.w_down[e]
-            w = gates.reshape(-1)[order[start:start + n]].unsqueeze(-1).to(y.dtype)
-            out.index_add_(0, tok, y * w)
-            start += n
+        offsets = counts.cumsum(0).to(torch.int32)
+        h = flat.index_select(0, token_of)  # backward is an index_add, cheaper than index_put
+        h = F.silu(grouped_matmul(h, self.w_gate, offsets)) * grouped_matmul(h, self.w_up, offsets)
+        y = grouped_matmul(h, self.w_down, offsets) * gates.reshape(-1)[order].unsqueeze(-1).to(flat.dtype)
+        out = torch.zeros_like(flat).index_add_(0, token_of, y)
         return (out + self.shared(flat)).reshape(shape)
 
     @torch.no_grad()
