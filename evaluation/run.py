@@ -57,7 +57,6 @@ def load_model(ckpt_uri: str, vocab: Vocab, device) -> K25Model:
     manifest, _ = checkpoint.read_manifest(ckpt_uri)
     model = K25Model(ModelConfig.from_dict(manifest["model_config"]), vocab.media_pad)
     model.load_state_dict(checkpoint.load(ckpt_uri, names=("model",))["model"])
-    model.backbone.rope_scale = manifest.get("stage_config", {}).get("rope_scale", 1.0)
     return model.to(device).eval()
 
 

@@ -1,9 +1,14 @@
-"""Decoder-only MoE backbone in the Kimi K2 form (first version).
+"""Decoder-only MoE backbone in the Kimi K2 / DeepSeek-V3 form (RECIPE.md §1.1-1.3).
 
-Dense SwiGLU for the first `n_dense_layers`, then MoE layers with a sigmoid router, top-k selection
-on score + aux-loss-free bias (the bias changes selection only, never the gate weights),
-renormalised gates times `routed_scaling`, and one shared expert. Attention here is standard
-multi-head attention with RoPE; MLA and YaRN come with the model issue.
+Each layer: RMSNorm -> MLA attention -> residual, RMSNorm -> FFN -> residual. The first
+`n_dense_layers` FFNs are dense SwiGLU, the rest MoE: sigmoid router, top-k on score + aux-loss-free
+bias (the bias changes selection only, never the gate weights), renormalised gates times
+`routed_scaling`, one shared expert.
+
+Attention is MLA with the DeepSeek-V3 Hugging Face module names and weight layout, so weights copy
+1:1 to and from `DeepseekV3ForCausalLM` and QK-Clip can take per-head row slices (RECIPE.md §1.2):
+q_b_proj rows [h*(nope+rope), (h+1)*(nope+rope)) and kv_b_proj rows [h*(nope+v), (h+1)*(nope+v)),
+nope part first. RoPE acts on the rope dims only; YaRN extends the context (`Backbone.set_yarn`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.config import ModelConfig
+from model.kv_cache import LatentKVCache
+
+# DeepSeek-V3 (reference code and transformers) normalises the MLA latents c_Q and c_KV with its
+# RMSNorm default eps, not with rms_norm_eps; keep it for exact parity with released weights.
+LATENT_NORM_EPS = 1e-6
 
 
 class RMSNorm(nn.Module):
@@ -29,39 +39,154 @@ class RMSNorm(nn.Module):
         return (x32 * self.weight.float()).to(x.dtype)
 
 
-def rope_tables(seq_len: int, head_dim: int, theta: float, scale: float = 1.0, device=None):
-    """cos/sin tables; `scale` > 1 interpolates positions (context extension in mid-training)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
-    pos = torch.arange(seq_len, device=device).float() / scale
-    freqs = torch.outer(pos, inv_freq)
-    return freqs.cos(), freqs.sin()
+# ----------------------------------------------------------------------------------------------
+# RoPE with DeepSeek-V3 YaRN
+
+
+def yarn_get_mscale(factor: float, mscale: float = 1.0) -> float:
+    """DeepSeek-V3's attention-temperature term: 0.1 * mscale * ln(factor) + 1 (1 without scaling)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope_inv_freq(cfg: ModelConfig, device=None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies of the rope dims and the cos/sin multiplier.
+
+    With yarn_factor > 1 this is DeepSeek-V3 YaRN (transformers rope_type "yarn"): dims that turn
+    more than beta_fast times over the original context keep their frequency (extrapolation),
+    dims that turn fewer than beta_slow times are slowed down by the factor (interpolation), with
+    a linear ramp in between. cos/sin are multiplied by mscale(mscale) / mscale(mscale_all_dim),
+    which is 1 for K2's mscale = mscale_all_dim = 1; the softmax scale carries the rest
+    (ModelConfig.softmax_scale).
+    """
+    dim, base, factor = cfg.qk_rope_head_dim, cfg.rope_theta, cfg.yarn_factor
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
+    extrapolated = 1.0 / pos_freqs
+    if factor <= 1:
+        return extrapolated, 1.0
+    interpolated = 1.0 / (factor * pos_freqs)
+
+    def correction_dim(n_rotations: float) -> float:  # the dim whose wavelength fits n_rotations times
+        return dim * math.log(cfg.original_max_position / (n_rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(cfg.yarn_beta_fast)), 0)
+    high = min(math.ceil(correction_dim(cfg.yarn_beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # avoid a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=device) - low) / (high - low)).clamp(0, 1)
+    inv_freq = interpolated * ramp + extrapolated * (1 - ramp)  # ramp 0: high frequency, kept
+    mscale = yarn_get_mscale(factor, cfg.yarn_mscale) / yarn_get_mscale(factor, cfg.yarn_mscale_all_dim)
+    return inv_freq, mscale
+
+
+def rope_tables(cfg: ModelConfig, seq_len: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cos/sin of shape [seq_len, qk_rope_head_dim // 2] for positions 0..seq_len-1."""
+    inv_freq, mscale = rope_inv_freq(cfg, device)
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return freqs.cos() * mscale, freqs.sin() * mscale
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: [B, H, T, D]; rotate pairs (even, odd) halves
-    x1, x2 = x[..., ::2], x[..., 1::2]
-    cos, sin = cos[None, None], sin[None, None]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    """Rotate interleaved pairs (x0, x1), (x2, x3), ... by their angle: the pair layout of
+    DeepSeek-V3 weights (its reference code rotates them as complex numbers; transformers
+    de-interleaves and applies rotate_half, with the same result). The output holds the rotated
+    pairs de-interleaved (all first members, then all second members) like transformers' output.
+    q and k get the same permutation, so q.k is unchanged; the cached k_rope uses this order.
+    x: [..., T, D]; cos, sin: broadcastable to [..., T, D/2]."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+# ----------------------------------------------------------------------------------------------
+# MLA attention
+
+
+class MLA(nn.Module):
+    """Multi-head latent attention (RECIPE.md §1.2), DeepSeek-V3 module names.
+
+    Two ways to attend, same result:
+    - expanded (training, prefill): kv_b_proj up-projects the latent to per-head k_nope and v,
+      k = [k_nope; k_rope shared by all heads], then one SDPA over heads.
+    - absorbed (decoding with a cache): W_UK is folded into the query and W_UV applied after the
+      softmax, so attention runs directly on the cached latents [c_KV; k_rope] as a single shared
+      key/value head (MQA). Per step this reads the cache once instead of up-projecting all of it.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.n_heads = cfg.n_heads
-        self.head_dim = cfg.dim // cfg.n_heads
-        self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
-        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.cfg = cfg  # read at forward time: set_yarn changes the softmax scale
+        self.layer_idx = layer_idx
+        self.n_heads, self.kv_rank = cfg.n_heads, cfg.kv_lora_rank
+        self.nope, self.rope, self.v_dim = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.q_a_proj = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
+        self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS)
+        self.q_b_proj = nn.Linear(cfg.q_lora_rank, cfg.n_heads * cfg.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(cfg.dim, cfg.kv_lora_rank + cfg.qk_rope_head_dim, bias=False)
+        self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS)
+        self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, cfg.n_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.v_head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask=None):
+    def latents(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """[normed c_KV ; roped k_rope] per token: [B, T, kv_lora_rank + rope], what the cache stores."""
+        c_kv, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope], dim=-1)
+        return torch.cat((self.kv_a_layernorm(c_kv), apply_rope(k_rope, cos, sin)), dim=-1)
+
+    def forward(self, x, cos, sin, attn_mask=None, cache: LatentKVCache | None = None):
+        """x: [B, T, dim]; cos/sin: [B or 1, T, rope/2]; attn_mask: None (causal) or bool
+        [B, 1, T, S] (True = may attend), S = cached + new tokens."""
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if attn_mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # document-causal mask from packing: [B, 1, T, T] boolean
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x))).view(B, T, self.n_heads, -1).transpose(1, 2)
+        q_nope, q_rope = q.split([self.nope, self.rope], dim=-1)
+        q_rope = apply_rope(q_rope, cos[:, None], sin[:, None])
+        latent = self.latents(x, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            latent = cache.update(self.layer_idx, latent)  # all tokens so far: [B, S, kv_rank + rope]
+        if past:
+            out = self._attend_absorbed(q_nope, q_rope, latent, attn_mask)
+        else:
+            out = self._attend_expanded(q_nope, q_rope, latent, attn_mask)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_dim))
+
+    def _attend_expanded(self, q_nope, q_rope, latent, attn_mask):
+        B, H, T, _ = q_nope.shape
+        S = latent.shape[1]
+        c_kv, k_rope = latent.split([self.kv_rank, self.rope], dim=-1)
+        kv = self.kv_b_proj(c_kv).view(B, S, H, self.nope + self.v_dim).transpose(1, 2)
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+        k = torch.cat((k_nope, k_rope[:, None].expand(B, H, S, self.rope)), dim=-1)
+        q = torch.cat((q_nope, q_rope), dim=-1)
+        # SDPA's fused kernels (CPU flash, CUDA flash) need v as wide as q and k; MLA's v is narrower
+        # (128 vs 192 in K2) and would fall back to the unfused math path (5x slower forward on CPU).
+        # Zero-padding v and dropping the padded outputs gives the same result.
+        pad = q.shape[-1] - self.v_dim
+        v = F.pad(v, (0, pad)) if pad > 0 else v
+        scale = self.cfg.softmax_scale()
+        if attn_mask is None:  # causal; only valid without cached tokens (S == T)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        return out[..., : self.v_dim]
+
+    def _attend_absorbed(self, q_nope, q_rope, latent, attn_mask):
+        B, H, T, _ = q_nope.shape
+        S = latent.shape[1]
+        w = self.kv_b_proj.weight.view(H, self.nope + self.v_dim, self.kv_rank)
+        w_uk, w_uv = w[:, : self.nope], w[:, self.nope:]  # [H, nope, C], [H, v, C]
+        # q_nope . (W_UK c) = (q_nope W_UK) . c: queries move into the latent space.
+        q = torch.cat((q_nope @ w_uk, q_rope), dim=-1)  # [B, H, T, C + rope]
+        # All heads share one key/value (the latent), so heads fold into query rows: MQA, one head.
+        q = q.reshape(B, 1, H * T, -1)
+        # The value is the latent c_KV; pass all of [c_KV; k_rope] (equal q/k/v widths keep SDPA on a
+        # fused kernel, see _attend_expanded) and drop the k_rope columns of the output.
+        key = value = latent[:, None]
+        if attn_mask is not None:
+            attn_mask = attn_mask.expand(B, H, T, S).reshape(B, 1, H * T, S)
+        elif T > 1:
+            raise ValueError("several new tokens after cached ones need an explicit attn_mask")
+        out = F.scaled_dot_product_attention(q, key, value, attn_mask=attn_mask, scale=self.cfg.softmax_scale())
+        out = out[..., : self.kv_rank].reshape(B, H, T, self.kv_rank)
+        return out @ w_uv.transpose(1, 2)  # W_UV after the softmax: [B, H, T, v]
 
 
 class SwiGLU(nn.Module):
@@ -142,15 +267,15 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, moe: bool):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = MLA(cfg, layer_idx)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.ffn = MoE(cfg) if moe else SwiGLU(cfg.dim, cfg.ffn_dim)
+        self.ffn = MoE(cfg) if layer_idx >= cfg.n_dense_layers else SwiGLU(cfg.dim, cfg.ffn_dim)
 
-    def forward(self, x, cos, sin, attn_mask=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask)
+    def forward(self, x, cos, sin, attn_mask=None, cache=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cache)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -159,17 +284,57 @@ class Backbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg, moe=i >= cfg.n_dense_layers) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)  # untied, as in K2
-        self.rope_scale = 1.0  # >1 after context extension (mid-training)
+        self._rope_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def moe_layers(self) -> list[MoE]:
         return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoE)]
 
-    def forward_embeddings(self, h: torch.Tensor, attn_mask=None) -> torch.Tensor:
-        T = h.shape[1]
-        cos, sin = rope_tables(T, self.cfg.dim // self.cfg.n_heads, self.cfg.rope_theta, self.rope_scale, h.device)
+    def set_yarn(self, factor: float) -> None:
+        """Switch the YaRN factor (1 = plain RoPE), e.g. for a long-context mid-training stage.
+
+        Writes cfg.yarn_factor (the config is shared with the model, so checkpoints record it and
+        the softmax scale follows) and drops the cached rope tables."""
+        if not factor >= 1:  # also rejects NaN
+            raise ValueError(f"yarn factor must be >= 1, got {factor}")
+        self.cfg.yarn_factor = float(factor)
+        self._rope_cache.clear()
+
+    def rope(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached fp32 cos/sin for positions < seq_len; lengths round up to a power of two so that
+        decoding step by step reuses one table."""
+        n = 1 << max(seq_len - 1, 0).bit_length()
+        key = (n, torch.device(device))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_tables(self.cfg, n, device)
+        return self._rope_cache[key]
+
+    def forward_hidden(self, h: torch.Tensor, attn_mask=None, position_ids=None,
+                       cache: LatentKVCache | None = None) -> torch.Tensor:
+        """Final-normed hidden states [B, T, dim] for input embeddings h [B, T, dim].
+
+        attn_mask: None = causal, else bool [B, 1, T, S] (True = may attend; S counts cached tokens).
+        position_ids: None = 0..T-1 after the cached tokens, else [B, T] (left-padded batches).
+        cache: a LatentKVCache to read and extend (generation)."""
+        B, T, _ = h.shape
+        past = cache.length if cache is not None else 0
+        cos, sin = self.rope(past + T, h.device)
+        if position_ids is None:
+            cos, sin = cos[past:past + T][None], sin[past:past + T][None]
+        else:
+            cos, sin = cos[position_ids], sin[position_ids]
+        cos, sin = cos.to(h.dtype), sin.to(h.dtype)
+        if attn_mask is None and past and T > 1:  # causal over cached + new tokens
+            attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=h.device).tril(past)[None, None]
         for layer in self.layers:
-            h = layer(h, cos, sin, attn_mask)
-        return self.head(self.norm(h))
+            h = layer(h, cos, sin, attn_mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        return self.norm(h)
+
+    def forward_embeddings(self, h: torch.Tensor, attn_mask=None, position_ids=None,
+                           cache: LatentKVCache | None = None) -> torch.Tensor:
+        """Logits [B, T, vocab]; arguments as in forward_hidden."""
+        return self.head(self.forward_hidden(h, attn_mask, position_ids, cache))

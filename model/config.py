@@ -54,7 +54,7 @@ class ModelConfig:
     # positions: RoPE with YaRN context extension (factor 1 = off)
     rope_theta: float = 50_000.0
     max_seq_len: int = 256
-    original_max_position: int = 256  # the pre-training context YaRN extends from
+    original_max_position: int = 128  # the pre-training context YaRN extends from
     yarn_factor: float = 1.0
     yarn_beta_fast: float = 32.0
     yarn_beta_slow: float = 1.0

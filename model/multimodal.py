@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from model.backbone import Backbone
 from model.config import ModelConfig
+from model.kv_cache import LatentKVCache
 from model.vision import VisionEncoder
 
 
@@ -43,8 +44,9 @@ class K25Model(nn.Module):
         h[slots] = vis
         return h
 
-    def forward(self, tokens, vision_items=None, attn_mask=None) -> torch.Tensor:
-        return self.backbone.forward_embeddings(self.embed(tokens, vision_items), attn_mask)
+    def forward(self, tokens, vision_items=None, attn_mask=None, position_ids=None,
+                cache: LatentKVCache | None = None) -> torch.Tensor:
+        return self.backbone.forward_embeddings(self.embed(tokens, vision_items), attn_mask, position_ids, cache)
 
     def loss(self, tokens, targets, vision_items=None, attn_mask=None) -> torch.Tensor:
         logits = self(tokens, vision_items, attn_mask)
@@ -53,35 +55,54 @@ class K25Model(nn.Module):
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
                  temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
-        """Batched text generation (left-padded). First version recomputes the full prefix each
-        step; the KV-cache version arrives with the model issue."""
-        device = self.backbone.head.weight.device
+        """Batched text generation with the MLA latent cache: one prefill, then one token per step.
+
+        Prompts are left-padded; pad keys are masked out and position ids count real tokens only,
+        so each row continues exactly as its prompt would alone. A prompt longer than max_seq_len
+        keeps its last max_seq_len tokens. A row stops at its first stop token (included); rows
+        that are done keep stepping with the others, their tokens dropped."""
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("generate needs non-empty prompts")
+        if not prompts or max_new_tokens <= 0:
+            return [[] for _ in prompts]
+        device, dtype = self.backbone.head.weight.device, self.backbone.head.weight.dtype
+        prompts = [list(p)[-self.cfg.max_seq_len:] for p in prompts]
+        B, width = len(prompts), max(len(p) for p in prompts)
+        pad_id = 1 if self.media_pad_id == 0 else 0  # any id but the placeholder (embed rejects it)
+        tokens = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+        n_pad = torch.tensor([width - len(p) for p in prompts], device=device)
+        idx = torch.arange(width, device=device)
+        real = idx[None] >= n_pad[:, None]  # [B, width]
+        positions = (idx[None] - n_pad[:, None]).clamp(min=0)
+        # Prefill mask: causal over real keys; pad rows see themselves only (no all-masked row).
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        mask = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
+        cache = LatentKVCache.for_model(self.cfg, B, width + max_new_tokens, device, dtype)
+        hidden = self.backbone.forward_hidden(self.embed(tokens, None), mask[:, None], positions, cache)
+        # Decoding masks: every real key so far; the new token is always real.
+        keys = torch.cat([real, torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)], dim=1)
+        next_pos = n_pad.new_tensor([len(p) for p in prompts])
         outs: list[list[int]] = [[] for _ in prompts]
-        done = [False] * len(prompts)
-        seqs = [list(p) for p in prompts]
-        for _ in range(max_new_tokens):
-            width = max(len(s) for s in seqs)
-            window = min(width, self.cfg.max_seq_len)
-            batch = torch.tensor([[0] * (width - len(s)) + s for s in seqs], device=device)[:, -window:]
-            pad = torch.tensor([[True] * (width - len(s)) + [False] * len(s) for s in seqs], device=device)[:, -window:]
-            causal = torch.ones(window, window, dtype=torch.bool, device=device).tril()
-            mask = (causal[None] & ~pad[:, None, :])[:, None]
-            mask = mask | torch.eye(window, dtype=torch.bool, device=device)  # pad rows attend to self
-            logits = self(batch, None, mask)[:, -1].float()
+        done = [False] * B
+        for step in range(max_new_tokens):
+            logits = self.backbone.head(hidden[:, -1]).float()
             logits[:, self.media_pad_id] = float("-inf")  # placeholders come from data, never from sampling
             nxt = sample_next(logits, temperature, top_p, generator)
             for i, t in enumerate(nxt.tolist()):
-                if done[i]:
-                    continue
-                outs[i].append(t)
-                seqs[i].append(t)
-                done[i] = t in stop_ids
-            if all(done):
+                if not done[i]:
+                    outs[i].append(t)
+                    done[i] = t in stop_ids
+            if all(done) or step == max_new_tokens - 1:
                 break
+            step_mask = keys[:, None, None, : cache.length + 1]
+            hidden = self.backbone.forward_hidden(self.embed(nxt[:, None], None), step_mask, next_pos[:, None], cache)
+            next_pos += 1
         return outs
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
+    """Greedy at temperature <= 0, else softmax(logits / T) sampling restricted to the smallest set
+    of tokens whose probability reaches top_p (the top token is always kept)."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, -1)

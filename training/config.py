@@ -30,7 +30,9 @@ class StageConfig:
     trainable: tuple[str, ...] = MODULE_GROUPS
     sources: tuple[str, ...] = ("text", "image_text", "video")
     vision_ratio: float = 0.1  # vision share of tokens; 10:90 from step 0 = early fusion
-    rope_scale: float = 1.0  # >1: position interpolation for longer context (mid-training)
+    # YaRN factor over the model's original_max_position (mid-training context extension);
+    # None keeps the factor of the checkpoint the stage starts from.
+    yarn_factor: float | None = None
     router_bias_rate: float = 1e-3  # aux-loss-free bias step (DeepSeek-V3 value; K2 [not stated])
     checkpoint_every: int = 20
     log_every: int = 5
@@ -67,8 +69,8 @@ class StageConfig:
             errors.append(f"vision_ratio must be in [0, 1) (got {self.vision_ratio})")
         if not 0 < self.ratio_low < 1 < self.ratio_high:
             errors.append(f"need 0 < ratio_low < 1 < ratio_high (got {self.ratio_low}, {self.ratio_high})")
-        if not self.rope_scale >= 1:  # also rejects NaN
-            errors.append(f"rope_scale must be >= 1 (got {self.rope_scale})")
+        if self.yarn_factor is not None and not self.yarn_factor >= 1:  # also rejects NaN
+            errors.append(f"yarn_factor must be >= 1 (got {self.yarn_factor})")
         if not 0 < self.top_p <= 1:
             errors.append(f"top_p must be in (0, 1] (got {self.top_p})")
         for name in ("temperature", "kl_tau", "warmup_steps", "format_reward"):
@@ -112,9 +114,10 @@ def _tiny() -> Profile:
         stages={
             # No pretrained decoder exists at tiny scale, so the caption loss trains the small LLM
             # too; at k25 scale stage 1 trains only the ViT against a frozen decoder.
-            "vit_warmup": StageConfig(steps=100, lr=3e-3, checkpoint_every=50, log_every=10, **vision_only),
+            "vit_warmup": StageConfig(steps=100, lr=3e-3, checkpoint_every=50, log_every=10, yarn_factor=1.0,
+                                      **vision_only),
             "joint_pretrain": StageConfig(steps=60, lr=3e-3, checkpoint_every=30),
-            "midtrain": StageConfig(steps=20, seq_len=256, batch_size=2, lr=1e-3, rope_scale=2.0, checkpoint_every=10),
+            "midtrain": StageConfig(steps=20, seq_len=256, batch_size=2, lr=1e-3, yarn_factor=2.0, checkpoint_every=10),
             # Zero-vision SFT and RL on text: the encoder is frozen (no vision tokens reach it).
             # A tiny model cannot learn 100-token worked solutions in minutes; with final-answer
             # targets it learns the answer format, so RL gets rewards with non-zero variance.
@@ -142,7 +145,9 @@ def _k25() -> Profile:
     stages = dict(p.stages)
     stages["vit_warmup"] = dataclasses.replace(stages["vit_warmup"], seq_len=4096, trainable=("vision",))
     stages["joint_pretrain"] = dataclasses.replace(stages["joint_pretrain"], seq_len=4096)
-    stages["midtrain"] = dataclasses.replace(stages["midtrain"], seq_len=32768, rope_scale=8.0)
+    # first mid-training sub-stage, 4K -> 32K; the 256K sub-stage is the same stage with
+    # overrides seq_len=262144, yarn_factor=64 (the released config's factor)
+    stages["midtrain"] = dataclasses.replace(stages["midtrain"], seq_len=32768, yarn_factor=8.0)
     return Profile(name="k25", model="k25", nproc_per_node=8, tokenizer_vocab=163840, stages=stages)
 
 
@@ -160,23 +165,22 @@ def load_profile(name: str) -> Profile:
 
 def _coerce(field_type, raw: str, key: str):
     text = str(raw).strip()
-    kind = str(field_type)
-    if kind in ("int", "<class 'int'>"):
+    kind = str(field_type).replace("<class '", "").replace("'>", "")
+    if "None" in kind and text.lower() == "none":
+        return None
+    base = kind.replace("| None", "").strip()
+    if base == "int":
         return int(text)
-    if kind in ("float", "<class 'float'>"):
+    if base == "float":
         return float(text)
-    if kind in ("str", "<class 'str'>"):
+    if base == "str":
         return text
-    if kind in ("bool", "<class 'bool'>"):
+    if base == "bool":
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError("expected true or false")
         return text.lower() in ("true", "1")
-    if kind.startswith(("tuple", "list")):
+    if base.startswith(("tuple", "list")):
         return tuple(s.strip() for s in text.split(",") if s.strip())
-    if "None" in kind and text.lower() == "none":
-        return None
-    if "int" in kind:  # int | None
-        return int(text)
     raise ConfigError(f"override {key!r} has unsupported type {field_type}")
 
 

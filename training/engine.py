@@ -133,7 +133,8 @@ class Engine:
             state = checkpoint.load(self.args.init_from, self.rank, names=("model",))
             model.load_state_dict(state["model"])
             self.reporter.log(f"initialised from {self.args.init_from}")
-        model.backbone.rope_scale = self.cfg.rope_scale
+        if self.cfg.yarn_factor is not None:
+            model.backbone.set_yarn(self.cfg.yarn_factor)
         return model.to(self.device)
 
     def _select_trainable(self) -> list[torch.nn.Parameter]:

@@ -140,7 +140,7 @@ def test_packed_vision_equals_each_item_alone(encoder):
     a, b, chunk = images(0, (56, 56, 3), (84, 56, 3), (4, 56, 84, 3))
     packed = encoder([a, b, chunk])
     alone = torch.cat([encoder([a]), encoder([b]), encoder([chunk])])
-    assert packed.shape == (4 + 6 + 6, encoder.projector[-1].out_features)
+    assert packed.shape == (4 + 6 + 6, encoder.projector.proj[-1].out_features)
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-4)
     # Reversing the order reverses the blocks: items never see each other.
     torch.testing.assert_close(encoder([b, a])[:6], alone[4:10], atol=1e-5, rtol=1e-4)

@@ -32,7 +32,7 @@ def test_profiles_encode_the_recipe():
     tiny = load_profile("tiny")
     assert tiny.stages["vit_warmup"].sources == ("image_text", "video")
     assert tiny.stages["joint_pretrain"].vision_ratio == pytest.approx(0.1)
-    assert tiny.stages["midtrain"].rope_scale > 1
+    assert tiny.stages["midtrain"].yarn_factor > 1
     for stage in ("sft", "rl", "parl"):
         assert tiny.stages[stage].sources == ("text",) and tiny.stages[stage].trainable == ("llm",)
     k25 = load_profile("k25")
@@ -65,11 +65,11 @@ def test_unparsable_override_is_a_config_error(key, value):
 
 def test_override_coercion():
     cfg = stage_config("tiny", "joint_pretrain", {
-        "steps": " 12 ", "lr": "1e-4", "rope_scale": "2", "answer_style": " final ",
+        "steps": " 12 ", "lr": "1e-4", "yarn_factor": "2", "answer_style": " final ",
         "trainable": "vision, projector", "sources": "text,video,", "temperature": "0.5"})
     assert cfg.steps == 12 and isinstance(cfg.steps, int)
     assert cfg.lr == pytest.approx(1e-4) and isinstance(cfg.lr, float)
-    assert cfg.rope_scale == 2.0 and isinstance(cfg.rope_scale, float)
+    assert cfg.yarn_factor == 2.0 and isinstance(cfg.yarn_factor, float)
     assert cfg.answer_style == "final"
     assert cfg.trainable == ("vision", "projector")
     assert cfg.sources == ("text", "video")
@@ -99,7 +99,7 @@ def test_apply_overrides_returns_a_copy():
     ({"ratio_low": "1.5"}, "ratio_low"),
     ({"ratio_low": "0"}, "ratio_low"),
     ({"ratio_high": "0.9"}, "ratio_high"),
-    ({"rope_scale": "0.5"}, "rope_scale"),
+    ({"yarn_factor": "0.5"}, "yarn_factor"),
     ({"answer_style": "essay"}, "answer_style"),
     ({"sources": "text,audio"}, "unknown sources"),
     ({"trainable": "vision,decoder"}, "trainable"),

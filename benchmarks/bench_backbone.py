@@ -1,0 +1,188 @@
+"""Backbone forward (+ backward) tokens/s: ours vs transformers' DeepseekV3ForCausalLM, same run.
+
+Both models get the same config and the same weights (copied from ours) and are checked to give
+the same logits before timing. The reference runs as transformers ships it (SDPA attention, its
+default experts implementation).
+
+    python -m benchmarks.bench_backbone [--dim 384 --layers 4 --experts 16 --top-k 4 --seq 512 --batch 2]
+
+Also home of `reference_model`, which the parity tests use (transformers >= 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from model.backbone import Backbone, MoE
+from model.config import ModelConfig
+
+
+def reference_config(cfg: ModelConfig):
+    """The DeepseekV3Config with our dimensions. transformers' DeepseekV3 always routes with
+    sigmoid scores and the e_score_correction_bias (scoring_func sigmoid, topk_method noaux_tc);
+    n_group = topk_group = 1 turns group-limited routing off, as in K2."""
+    from transformers import DeepseekV3Config
+
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.yarn_factor > 1:
+        rope = {"rope_type": "yarn", "rope_theta": cfg.rope_theta, "factor": cfg.yarn_factor,
+                "original_max_position_embeddings": cfg.original_max_position,
+                "beta_fast": cfg.yarn_beta_fast, "beta_slow": cfg.yarn_beta_slow,
+                "mscale": cfg.yarn_mscale, "mscale_all_dim": cfg.yarn_mscale_all_dim}
+    return DeepseekV3Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
+        moe_intermediate_size=cfg.expert_dim, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
+        n_shared_experts=cfg.n_shared_experts, n_routed_experts=cfg.n_experts,
+        num_experts_per_tok=cfg.top_k, routed_scaling_factor=cfg.routed_scaling, n_group=1, topk_group=1,
+        norm_topk_prob=True, first_k_dense_replace=cfg.n_dense_layers,
+        q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank, qk_nope_head_dim=cfg.qk_nope_head_dim,
+        qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim,
+        max_position_embeddings=max(cfg.max_seq_len, cfg.original_max_position), rms_norm_eps=cfg.norm_eps,
+        rope_parameters=rope, rope_interleave=True, tie_word_embeddings=False, attention_bias=False,
+        hidden_act="silu", num_nextn_predict_layers=0,
+    )
+
+
+def reference_state_dict(ours: Backbone, expert_keys: set[str]) -> dict[str, torch.Tensor]:
+    """Our weights under DeepseekV3ForCausalLM names. Our experts are stacked [E, in, out] (w_gate,
+    w_up, w_down); transformers >= 5 stacks them as gate_up_proj [E, 2*out, in] and down_proj
+    [E, dim, expert_dim], older versions keep one Linear ([out, in]) per expert: both are filled."""
+    sd = {"model.embed_tokens.weight": ours.embed.weight, "model.norm.weight": ours.norm.weight,
+          "lm_head.weight": ours.head.weight}
+    for i, layer in enumerate(ours.layers):
+        p = f"model.layers.{i}."
+        sd[p + "input_layernorm.weight"] = layer.attn_norm.weight
+        sd[p + "post_attention_layernorm.weight"] = layer.ffn_norm.weight
+        for name in ("q_a_proj", "q_a_layernorm", "q_b_proj", "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj", "o_proj"):
+            sd[p + f"self_attn.{name}.weight"] = getattr(layer.attn, name).weight
+        ffn = layer.ffn
+        if not isinstance(ffn, MoE):
+            for ours_name, name in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+                sd[p + f"mlp.{name}.weight"] = getattr(ffn, ours_name).weight
+            continue
+        sd[p + "mlp.gate.weight"] = ffn.router.weight
+        sd[p + "mlp.gate.e_score_correction_bias"] = ffn.expert_bias
+        for ours_name, name in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
+            sd[p + f"mlp.shared_experts.{name}.weight"] = getattr(ffn.shared, ours_name).weight
+        if p + "mlp.experts.gate_up_proj" in expert_keys:
+            sd[p + "mlp.experts.gate_up_proj"] = torch.cat([ffn.w_gate.mT, ffn.w_up.mT], dim=1)
+            sd[p + "mlp.experts.down_proj"] = ffn.w_down.mT
+        else:
+            for e in range(ffn.n_experts):
+                sd[p + f"mlp.experts.{e}.gate_proj.weight"] = ffn.w_gate[e].T
+                sd[p + f"mlp.experts.{e}.up_proj.weight"] = ffn.w_up[e].T
+                sd[p + f"mlp.experts.{e}.down_proj.weight"] = ffn.w_down[e].T
+    return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+def reference_model(ours: Backbone):
+    """transformers' DeepseekV3ForCausalLM with our config and a copy of our weights (fp32)."""
+    from transformers import DeepseekV3ForCausalLM
+
+    theirs = DeepseekV3ForCausalLM(reference_config(ours.cfg)).to(ours.head.weight.dtype)
+    theirs.load_state_dict(reference_state_dict(ours, set(theirs.state_dict())), strict=True)
+    return theirs.train(ours.training)
+
+
+def median_tokens_per_s(steps: dict, tokens: int, rounds: int) -> dict[str, float]:
+    """Each round runs every step once, in turn, so load from other processes hits all of them
+    alike; the median over rounds is reported."""
+    for step in steps.values():
+        step()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: tokens / statistics.median(ts) for name, ts in times.items()}
+
+
+# Random targets for the backward loss, wrapped into the output width (vocab, or dim for attention).
+targets = torch.randint(0, 1 << 20, (1 << 16,))
+
+
+def timed_step(fwd, model: torch.nn.Module, backward: bool):
+    def step():
+        if not backward:
+            with torch.no_grad():
+                fwd()
+            return
+        model.zero_grad(set_to_none=True)
+        out = fwd().float()
+        F.cross_entropy(out.flatten(0, -2), targets[: out[..., 0].numel()] % out.shape[-1]).backward()
+    return step
+
+
+def report(what: str, fwds: dict, models: dict, tokens: int, rounds: int, backward: bool) -> None:
+    mode = "forward+backward" if backward else "forward"
+    steps = {name: timed_step(fwds[name], models[name], backward) for name in fwds}
+    r = median_tokens_per_s(steps, tokens, rounds)
+    print(f"{what} {mode} tokens/s ours={r['ours']:.0f} reference={r['reference']:.0f} "
+          f"ratio={r['ours'] / r['reference']:.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--experts", type=int, default=16)
+    p.add_argument("--top-k", type=int, default=4)
+    p.add_argument("--expert-dim", type=int, default=256)
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--yarn", type=float, default=1.0, help="YaRN factor (context extended from seq / factor)")
+    p.add_argument("--no-backward", action="store_true")
+    args = p.parse_args()
+
+    # Tiny gradients (softmax over the vocab) underflow to denormals, which are 10-20x slower on
+    # CPU for both models alike and absent on GPU: flush them, as CPU training would.
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=8192, dim=args.dim, n_layers=args.layers, n_heads=args.heads,
+                      q_lora_rank=args.dim // 2, kv_lora_rank=args.dim // 4, qk_nope_head_dim=32,
+                      qk_rope_head_dim=16, v_head_dim=32, n_dense_layers=1, ffn_dim=4 * args.dim,
+                      n_experts=args.experts, top_k=args.top_k, expert_dim=args.expert_dim,
+                      max_seq_len=args.seq, original_max_position=max(1, int(args.seq / args.yarn)),
+                      yarn_factor=args.yarn)
+    ours = Backbone(cfg)
+    theirs = reference_model(ours)
+    tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
+    with torch.no_grad():
+        diff = (ours.forward_embeddings(ours.embed(tokens)) - theirs(tokens).logits).abs().max().item()
+    print(f"config dim={args.dim} layers={args.layers} heads={args.heads} experts={args.experts} "
+          f"top_k={args.top_k} seq={args.seq} batch={args.batch} threads={torch.get_num_threads()} flush_denormal=on "
+          f"max_abs_logit_diff={diff:.2e}")
+
+    models = {"ours": ours, "reference": theirs}
+    fwds = {"ours": lambda: ours.forward_embeddings(ours.embed(tokens)), "reference": lambda: theirs(tokens).logits}
+    # Attention alone (layer 0 on random hidden states): the part the backbone owns,
+    # apart from the MoE layers shared with benchmarks/bench_moe.py.
+    x = torch.randn(args.batch, args.seq, cfg.dim)
+    cos, sin = ours.rope(args.seq, x.device)
+    cos, sin = cos[None, : args.seq], sin[None, : args.seq]
+    ref_rope = theirs.model.rotary_emb(x, torch.arange(args.seq)[None])
+    attn = {"ours": ours.layers[0].attn, "reference": theirs.model.layers[0].self_attn}
+    attn_fwds = {"ours": lambda: attn["ours"](x, cos, sin),
+                 "reference": lambda: attn["reference"](x, ref_rope, None)[0]}
+    with torch.no_grad():
+        diff = (attn_fwds["ours"]() - attn_fwds["reference"]()).abs().max().item()
+    print(f"attention max_abs_diff={diff:.2e}")
+    n = tokens.numel()
+    for backward in (False, True):
+        if backward and args.no_backward:
+            continue
+        report("attention", attn_fwds, attn, n, args.rounds, backward)
+        report("backbone", fwds, models, n, args.rounds, backward)
+
+
+if __name__ == "__main__":
+    main()
