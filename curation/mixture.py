@@ -9,7 +9,11 @@ training run can name exactly the data it saw.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curation.image_text import VISION_TOKEN_PIXELS
 from curation.shards import CuratedSet, iter_samples, read_manifest
@@ -18,6 +22,7 @@ from infra import storage
 
 VISION_MODALITIES = ("image_text", "video")
 MIXTURE_FILE = "mixture.json"
+TOKEN_COUNTS_FILE = "token_counts.parquet"  # per sample: text and vision tokens under the mixture's tokenizer
 
 
 def vision_tokens(shape: list[int]) -> int:
@@ -27,15 +32,24 @@ def vision_tokens(shape: list[int]) -> int:
     return (h // VISION_TOKEN_PIXELS) * (w // VISION_TOKEN_PIXELS)
 
 
-def count_tokens(curated: CuratedSet, tokenizer) -> int:
-    if curated.modality == "text":
-        total = 0
-        for sample in iter_samples(curated.uri):
-            total += len(tokenizer.encode(sample["text"], add_special_tokens=False).ids)
-        return total
-    # Vision token counts follow from the shapes in the manifest: no need to read the pixels.
-    shapes = read_manifest(curated.uri).column("shape").to_pylist()
-    return sum(vision_tokens(shape) for shape in shapes)
+def token_counts(curated: CuratedSet, tokenizer) -> list[dict]:
+    """Per sample: text tokens (document or caption) and vision tokens (from the manifest shape)."""
+    manifest = read_manifest(curated.uri).to_pylist()
+    vision = {row["key"]: vision_tokens(row["shape"]) if row["shape"] else 0 for row in manifest}
+    rows = []
+    for sample in iter_samples(curated.uri):
+        text = sample["text"] if curated.modality == "text" else sample["caption"]
+        rows.append({"key": sample["key"], "source": sample["source"], "modality": curated.modality,
+                     "text_tokens": len(tokenizer.encode(text, add_special_tokens=False).ids),
+                     "vision_tokens": vision[sample["key"]]})
+    return rows
+
+
+def count_tokens(curated: CuratedSet, tokenizer, rows: list[dict] | None = None) -> int:
+    """The tokens a source contributes to its group: text tokens for text, vision tokens for vision."""
+    rows = token_counts(curated, tokenizer) if rows is None else rows
+    field = "text_tokens" if curated.modality == "text" else "vision_tokens"
+    return sum(r[field] for r in rows)
 
 
 def canonical_digest(obj: dict) -> str:
@@ -56,7 +70,13 @@ def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerArtifact, out
         raise ValueError(f"vision_ratio={vision_ratio} but no non-empty image_text or video source was given")
 
     tok = load_tokenizer(tokenizer.uri)
-    tokens = {name: count_tokens(s, tok) for name, s in sorted(sets.items())}
+    per_sample = {name: token_counts(s, tok) for name, s in sorted(sets.items())}
+    tokens = {name: count_tokens(s, tok, per_sample[name]) for name, s in sorted(sets.items())}
+    counts_uri = storage.join(out_uri, TOKEN_COUNTS_FILE)
+    table = pa.Table.from_pylist([{"set": n, **r} for n, rows in per_sample.items() for r in rows])
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(counts_uri, buf.getvalue())
     text_total = sum(tokens[n] for n in text_sets)
     vision_total = sum(tokens[n] for n in vision_sets)
 
@@ -79,7 +99,9 @@ def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerArtifact, out
         "tokenizer": {"uri": tokenizer.uri, "digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size},
         "vision_ratio": vision_ratio,
         "tokens": {"text": text_total, "vision": vision_total},
+        "token_counts_digest": storage.sha256_bytes(buf.getvalue()),
     }
-    mixture["digest"] = canonical_digest(mixture)
+    mixture["digest"] = canonical_digest(mixture)  # content only: where the table lies is not part of it
+    mixture["token_counts_uri"] = counts_uri
     storage.write_text(storage.join(out_uri, MIXTURE_FILE), json.dumps(mixture, indent=2, sort_keys=True))
     return mixture

@@ -29,6 +29,7 @@ import webdataset as wds
 from PIL import Image
 
 from infra import storage
+from model.vision import vision_token_count
 
 MODALITIES = ("text", "image_text", "video")
 MANIFEST_NAME = "manifest.parquet"
@@ -50,6 +51,7 @@ class Sample:
     caption: str | None = None
     shape: list[int] | None = None
     timestamp: str | None = None
+    quality: dict | None = None  # per-document quality fields (text filters), stored in the manifest
 
 
 @dataclass
@@ -90,7 +92,7 @@ def _json_bytes(obj: dict) -> bytes:
 def text_sample(key: str, source: str, text: str, doc_id: str, stats: dict | None = None) -> Sample:
     meta = {"source": source, "doc_id": doc_id, **({"stats": stats} if stats else {})}
     fields = {"txt": text.encode("utf-8"), "json": _json_bytes(meta)}
-    return Sample(key, source, "text", fields, n_chars=len(text))
+    return Sample(key, source, "text", fields, n_chars=len(text), quality=stats)
 
 
 def image_sample(key: str, source: str, image: np.ndarray, caption: str, name: str, target=None) -> Sample:
@@ -193,6 +195,9 @@ def _manifest_row(sample: Sample, shard: str) -> dict:
         "caption": sample.caption,
         "shape": sample.shape,
         "timestamp": sample.timestamp,
+        # one token per 28x28 block of the (padded) image or of the chunk's pooled frames
+        "vision_tokens": vision_token_count(sample.shape[-3], sample.shape[-2]) if sample.shape else 0,
+        "quality": json.dumps(sample.quality, sort_keys=True) if sample.quality else None,
         "sha256": payload_sha256(sample),
     }
 
@@ -206,6 +211,8 @@ MANIFEST_SCHEMA = pa.schema([
     ("caption", pa.string()),
     ("shape", pa.list_(pa.int32())),
     ("timestamp", pa.string()),
+    ("vision_tokens", pa.int64()),
+    ("quality", pa.string()),
     ("sha256", pa.string()),
 ])
 

@@ -272,3 +272,21 @@ def test_mixture_validation(tmp_path, text_set, tokenizer):
     with pytest.raises(ValueError, match="no non-empty image_text or video source"):
         build_mixture({"text": text_set}, tokenizer, str(tmp_path), vision_ratio=0.1)
     assert build_mixture({"text": text_set}, tokenizer, str(tmp_path), vision_ratio=0.0)["tokens"]["vision"] == 0
+
+
+def test_manifests_and_token_counts_carry_per_sample_tokens(tmp_path, text_set, image_set, video_set, tokenizer):
+    import pyarrow.parquet as pq
+
+    mix = build_mixture({"text": text_set, "image": image_set, "video": video_set}, tokenizer,
+                        str(tmp_path / "m"), vision_ratio=0.1)
+    image_rows = read_manifest(image_set.uri).to_pylist()
+    assert all(r["vision_tokens"] == vision_token_count(r["shape"][-3], r["shape"][-2]) for r in image_rows)
+    text_rows = read_manifest(text_set.uri).to_pylist()
+    assert all(r["vision_tokens"] == 0 and json.loads(r["quality"]) for r in text_rows)
+    counts = pq.read_table(mix["token_counts_uri"]).to_pylist()
+    by_set = {}
+    for r in counts:
+        field = "text_tokens" if r["modality"] == "text" else "vision_tokens"
+        by_set[r["set"]] = by_set.get(r["set"], 0) + r[field]
+    assert by_set == {name: src["tokens"] for name, src in mix["sources"].items()}
+    assert storage.sha256_bytes(storage.read_bytes(mix["token_counts_uri"])) == mix["token_counts_digest"]
