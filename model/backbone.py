@@ -124,6 +124,10 @@ class MLA(nn.Module):
         self.kv_a_layernorm = RMSNorm(cfg.kv_lora_rank, LATENT_NORM_EPS)
         self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, cfg.n_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.v_head_dim, cfg.dim, bias=False)
+        # QK-Clip input (RECIPE.md §1.5), opt-in: when True each forward writes the per-head max
+        # pre-softmax logit (scale * q.k over batch, queries and unmasked keys) to max_logits [H].
+        self.record_max_logits: bool = False
+        self.max_logits: torch.Tensor | None = None
 
     def latents(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """[normed c_KV ; roped k_rope] per token: [B, T, kv_lora_rank + rope], what the cache stores."""
@@ -162,6 +166,8 @@ class MLA(nn.Module):
         pad = q.shape[-1] - self.v_dim
         v = F.pad(v, (0, pad)) if pad > 0 else v
         scale = self.cfg.softmax_scale()
+        if self.record_max_logits:
+            self._record_max_logits(q, k, scale, attn_mask)
         if attn_mask is None:  # causal; only valid without cached tokens (S == T)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         else:
@@ -184,9 +190,25 @@ class MLA(nn.Module):
             attn_mask = attn_mask.expand(B, H, T, S).reshape(B, 1, H * T, S)
         elif T > 1:
             raise ValueError("several new tokens after cached ones need an explicit attn_mask")
+        if self.record_max_logits:  # absorbed q . latent equals the expanded q . k per head
+            self._record_max_logits(q.view(B, H, T, -1), latent[:, None], self.cfg.softmax_scale(),
+                                    None if attn_mask is None else attn_mask.view(B, H, T, S))
         out = F.scaled_dot_product_attention(q, key, value, attn_mask=attn_mask, scale=self.cfg.softmax_scale())
         out = out[..., : self.kv_rank].reshape(B, H, T, self.kv_rank)
         return out @ w_uv.transpose(1, 2)  # W_UV after the softmax: [B, H, T, v]
+
+    @torch.no_grad()
+    def _record_max_logits(self, q, k, scale, attn_mask):
+        """max over batch, query, key of scale * q.k per head -> self.max_logits [H] (fp32).
+        q: [B, H, T, D]; k: [B, H or 1, S, D]; attn_mask: None (causal, aligned to the end) or bool
+        broadcastable to [B, H, T, S]. Fully masked query rows contribute -inf. Costs one explicit
+        [B, H, T, S] fp32 logit tensor per layer (no grad), beside the unchanged SDPA call."""
+        logits = (q.float() @ k.float().transpose(-1, -2)) * scale  # [B, H, T, S]
+        T, S = logits.shape[-2:]
+        if attn_mask is None:
+            attn_mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        logits = logits.masked_fill(~attn_mask, float("-inf"))
+        self.max_logits = logits.amax(dim=(0, 2, 3)).detach()
 
 
 class SwiGLU(nn.Module):
