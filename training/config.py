@@ -26,6 +26,9 @@ class StageConfig:
     warmup_steps: int = 5
     decay_fraction: float = 0.2  # WSD: last fraction of steps decays linearly to min_lr
     weight_decay: float = 0.1
+    optimizer: str = "adamw"  # "adamw", or "muonclip" (Muon + RMS matching + per-head QK-Clip, RECIPE.md §1.5)
+    qk_clip_tau: float = 100.0  # QK-Clip threshold on the max attention logit per head (K2: 100)
+    dep: bool = False  # Decoupled Encoder Process: balanced ViT forward / recompute across ranks (§4.2)
     grad_clip: float = 1.0
     trainable: tuple[str, ...] = MODULE_GROUPS
     sources: tuple[str, ...] = ("text", "image_text", "video")
@@ -89,6 +92,10 @@ class StageConfig:
         for name in ("temperature", "kl_tau", "warmup_steps", "format_reward"):
             if not getattr(self, name) >= 0:
                 errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.optimizer not in ("adamw", "muonclip"):
+            errors.append(f"optimizer must be 'adamw' or 'muonclip' (got {self.optimizer!r})")
+        if not self.qk_clip_tau > 0:
+            errors.append(f"qk_clip_tau must be > 0 (got {self.qk_clip_tau})")
         if not self.grad_clip > 0:
             errors.append(f"grad_clip must be > 0 (got {self.grad_clip})")
         for name in ("min_lr_ratio", "decay_fraction"):
@@ -129,8 +136,9 @@ def _tiny() -> Profile:
             # too; at k25 scale stage 1 trains only the ViT against a frozen decoder.
             "vit_warmup": StageConfig(steps=100, lr=3e-3, checkpoint_every=50, log_every=10, yarn_factor=1.0,
                                       **vision_only),
-            "joint_pretrain": StageConfig(steps=60, lr=3e-3, checkpoint_every=30),
-            "midtrain": StageConfig(steps=20, seq_len=256, batch_size=2, lr=1e-3, yarn_factor=2.0, checkpoint_every=10),
+            "joint_pretrain": StageConfig(steps=60, lr=3e-3, checkpoint_every=30, optimizer="muonclip"),
+            "midtrain": StageConfig(steps=20, seq_len=256, batch_size=2, lr=1e-3, yarn_factor=2.0, checkpoint_every=10,
+                                   optimizer="muonclip"),
             # Zero-vision SFT and RL on text: the encoder is frozen (no vision tokens reach it).
             # A tiny model cannot learn 100-token worked solutions in minutes; with final-answer
             # targets it learns the answer format, so RL gets rewards with non-zero variance.
@@ -157,10 +165,12 @@ def _k25() -> Profile:
     p = _tiny()
     stages = dict(p.stages)
     stages["vit_warmup"] = dataclasses.replace(stages["vit_warmup"], seq_len=4096, trainable=("vision",))
-    stages["joint_pretrain"] = dataclasses.replace(stages["joint_pretrain"], seq_len=4096)
+    # DEP pays off with one device per rank; on a shared CPU it costs more than it saves
+    # (benchmarks/bench_dep.py), so only the GPU profiles turn it on.
+    stages["joint_pretrain"] = dataclasses.replace(stages["joint_pretrain"], seq_len=4096, dep=True)
     # first mid-training sub-stage, 4K -> 32K; the 256K sub-stage is the same stage with
     # overrides seq_len=262144, yarn_factor=64 (the released config's factor)
-    stages["midtrain"] = dataclasses.replace(stages["midtrain"], seq_len=32768, yarn_factor=8.0)
+    stages["midtrain"] = dataclasses.replace(stages["midtrain"], seq_len=32768, yarn_factor=8.0, dep=True)
     return Profile(name="k25", model="k25", nproc_per_node=8, tokenizer_vocab=163840, stages=stages)
 
 

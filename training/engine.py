@@ -27,6 +27,7 @@ from model.multimodal import K25Model
 from training import checkpoint
 from training.config import ConfigError, StageConfig, load_profile, stage_config
 from training.data import Vocab, load_mixture, load_vocab
+from training.muonclip import MuonClip, enable_max_logit_recording, muon_param_groups, qk_clip, read_max_logits
 from training.reporting import Reporter, Throughput, fail, rank_env
 
 
@@ -149,6 +150,9 @@ class Engine:
         return params
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
+        if self.cfg.optimizer == "muonclip":
+            enable_max_logit_recording(self.model)  # QK-Clip needs each head's max logit
+            return MuonClip(muon_param_groups(self.model, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay))
         decay = [p for p in self.trainable if p.dim() >= 2]
         no_decay = [p for p in self.trainable if p.dim() < 2]
         return torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
@@ -205,6 +209,20 @@ class Engine:
             offset += n
         return float(torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip))
 
+    def _qk_clip(self) -> dict[str, float]:
+        """Per-head QK-Clip on the max logits of this step, maxed over all ranks first so every
+        rank clips the same heads and the replicas stay identical."""
+        logits = read_max_logits(self.model)
+        if not logits:
+            return {}
+        layers = sorted(logits)
+        stacked = torch.stack([logits[i].float() for i in layers])
+        if self.world > 1:
+            dist.all_reduce(stacked, op=dist.ReduceOp.MAX)
+        stats = qk_clip(self.model, self.cfg.qk_clip_tau, dict(zip(layers, stacked)))
+        return {"max_attn_logit": float(stacked.max()),
+                "qk_clipped_heads": float(sum(s["n_clipped"] for s in stats.values()))}
+
     def _update_router_bias(self) -> dict[str, float]:
         if "llm" not in self.cfg.trainable:
             return {}
@@ -232,11 +250,14 @@ class Engine:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             self.model.train()
-            loss, metrics, n_tokens = step_fn(self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, metrics, n_tokens = step_fn(self.step)
+            if loss.requires_grad:  # a step_fn may run its own backward (DEP does)
+                loss.backward()
             grad_norm = self._all_reduce_grads()
             self.optimizer.step()
+            if self.cfg.optimizer == "muonclip":
+                metrics.update(self._qk_clip())
             metrics.update(self._update_router_bias())
             loss_value = float(loss.detach())
             if self.world > 1:

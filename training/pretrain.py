@@ -11,6 +11,9 @@ every checkpoint and restored on resume, so a resumed run sees exactly the batch
 
 from __future__ import annotations
 
+import torch.distributed as dist
+
+from training.dep import dep_loss_and_backward
 from training.engine import Engine, parse_args
 from training.loader import LoaderStateError, StreamingLoader
 from training.reporting import fail
@@ -32,9 +35,15 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"checkpoint step {engine.step} but the loader state has delivered {loader.delivered} batches")
     device = engine.device
 
+    use_dep = cfg.dep and dist.is_initialized() and engine.world > 1
+
     def step_fn(step: int):
         b = loader.batch(step)
-        loss = engine.model.loss(b.tokens.to(device), b.targets.to(device), b.vision_items, b.attn_mask.to(device))
+        args = (b.tokens.to(device), b.targets.to(device))
+        if use_dep:  # every rank, every step (collective), also for text-only batches
+            loss = dep_loss_and_backward(engine.model, *args, b.attn_mask.to(device), b.vision_items)
+        else:
+            loss = engine.model.loss(*args, b.vision_items, b.attn_mask.to(device))
         total = b.text_tokens + b.vision_tokens
         metrics = {"vision_token_ratio": b.vision_tokens / max(1, total)}
         if (step + 1) % cfg.ratio_log_every == 0:

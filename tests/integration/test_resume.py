@@ -2,6 +2,7 @@
 uninterrupted run's final weights bit for bit (2 ranks, gloo, CPU)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,15 +43,26 @@ def train(mixture: str, run_dir: Path, *extra: str) -> subprocess.CompletedProce
     return proc
 
 
-def test_resume_from_earlier_checkpoint_is_bitwise_exact(mixture_uri, tmp_path):
+ENGINES = {
+    "adamw": (),
+    # MuonClip with a low tau so QK-Clip fires, and DEP: their state and collectives resume too
+    "muonclip_dep": ("--set", "optimizer=muonclip", "--set", "dep=true", "--set", "qk_clip_tau=1.5"),
+}
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_resume_from_earlier_checkpoint_is_bitwise_exact(mixture_uri, tmp_path, engine):
     run_dir = tmp_path / "run"
-    train(mixture_uri, run_dir)
+    first = train(mixture_uri, run_dir, *ENGINES[engine])
+    if engine == "muonclip_dep":
+        clipped = [float(x) for x in re.findall(r"qk_clipped_heads (\S+)", first.stdout)]
+        assert clipped and max(clipped) > 0, first.stdout[-2000:]
     final = checkpoint.load(checkpoint.latest(str(run_dir)), names=("model",))["model"]
 
     # Lose the last checkpoint, as if the job died after step 3 had been committed.
     shutil.rmtree(run_dir / "step_000006")
     (run_dir / "latest").write_text("step_000003")
-    proc = train(mixture_uri, run_dir, "--resume", "must")
+    proc = train(mixture_uri, run_dir, "--resume", "must", *ENGINES[engine])
     assert "resumed from" in proc.stdout and "at step 3" in proc.stdout
     resumed = checkpoint.load(checkpoint.latest(str(run_dir)), names=("model",))["model"]
 
