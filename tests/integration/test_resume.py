@@ -69,3 +69,38 @@ def test_resume_from_earlier_checkpoint_is_bitwise_exact(mixture_uri, tmp_path, 
     assert final.keys() == resumed.keys()
     different = [k for k in final if not torch.equal(final[k], resumed[k])]
     assert not different, different
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(mixture_uri, tmp_path):
+    """Preemption: SIGTERM to torchrun reaches both ranks, which agree on a step, commit a
+    checkpoint there and exit; `--resume must` then finishes the run from that step."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "training.pretrain", "--stage", "joint_pretrain", "--mixture", mixture_uri, "--run-dir", str(run_dir),
+           "--set", "steps=100000", "--set", "checkpoint_every=100000", "--set", "log_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    seen = []
+    for line in proc.stdout:  # wait until training is really under way
+        seen.append(line)
+        if "step 3/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = "".join(seen) + out
+    assert "SIGTERM: saved step" in log, log[-3000:]
+    saved = checkpoint.latest(str(run_dir))
+    assert saved is not None
+    step = checkpoint.read_manifest(saved)[0]["step"]
+    assert 3 <= step < 100000
+    time.sleep(1)
+    resumed = train(mixture_uri, run_dir, "--resume", "must", "--set", f"steps={step + 2}")
+    assert f"at step {step}" in resumed.stdout
+    assert checkpoint.read_manifest(checkpoint.latest(str(run_dir)))[0]["step"] == step + 2
