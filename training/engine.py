@@ -11,6 +11,7 @@ DeepSpeed ZeRO-1, MuonClip, expert parallelism and DEP arrive with the engine is
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import random
 import signal
@@ -76,7 +77,16 @@ def init_distributed() -> tuple[int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend)
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restart == 0:
+            dist.init_process_group(backend)
+        else:
+            # After torchrun restarts the group, the rendezvous store still holds the previous
+            # attempt's addresses; a per-attempt key prefix keeps gloo/NCCL from dialling dead ranks.
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                  is_master=False, timeout=datetime.timedelta(seconds=300))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"k25/attempt{restart}/", store),
+                                    rank=rank, world_size=world)
     return rank, world
 
 
