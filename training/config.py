@@ -29,6 +29,12 @@ class StageConfig:
     optimizer: str = "adamw"  # "adamw", or "muonclip" (Muon + RMS matching + per-head QK-Clip, RECIPE.md §1.5)
     qk_clip_tau: float = 100.0  # QK-Clip threshold on the max attention logit per head (K2: 100)
     dep: bool = False  # Decoupled Encoder Process: balanced ViT forward / recompute across ranks (§4.2)
+    # Data parallelism: 0 = replicated optimizer, gradients all-reduced by the engine; 1 = DeepSpeed
+    # ZeRO-1 (optimizer state and fp32 master weights partitioned over the ranks; bf16 on GPU).
+    zero_stage: int = 0
+    # Expert parallelism: routed experts sharded over groups of this many ranks with all-to-all
+    # token dispatch (RECIPE.md §4.1 uses EP16); 1 = every rank holds every expert.
+    expert_parallel: int = 1
     grad_clip: float = 1.0
     trainable: tuple[str, ...] = MODULE_GROUPS
     sources: tuple[str, ...] = ("text", "image_text", "video")
@@ -92,6 +98,18 @@ class StageConfig:
         for name in ("temperature", "kl_tau", "warmup_steps", "format_reward"):
             if not getattr(self, name) >= 0:
                 errors.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if self.zero_stage not in (0, 1):
+            errors.append(f"zero_stage must be 0 or 1 (got {self.zero_stage})")
+        elif self.zero_stage == 1:
+            # ZeRO-1 partitions flattened parameters: MuonClip needs whole matrices and its QK-Clip
+            # rewrites weights after the step (DeepSpeed's fp32 master copies would not see it); our
+            # EP and DEP paths run their own collective backward and gradient sync.
+            for name, bad in (("optimizer=muonclip", self.optimizer == "muonclip"), ("dep=true", self.dep),
+                              ("expert_parallel>1", self.expert_parallel > 1)):
+                if bad:
+                    errors.append(f"zero_stage=1 cannot be combined with {name}; use zero_stage=0 for it")
+        if self.expert_parallel < 1:
+            errors.append(f"expert_parallel must be >= 1 (got {self.expert_parallel})")
         if self.optimizer not in ("adamw", "muonclip"):
             errors.append(f"optimizer must be 'adamw' or 'muonclip' (got {self.optimizer!r})")
         if not self.qk_clip_tau > 0:

@@ -5,7 +5,12 @@ A stage program builds an `Engine` from its command line, then calls `engine.fit
 same way: process group, model construction and initialisation from the upstream checkpoint,
 trainable-module selection, gradient all-reduce, WSD schedule, aux-loss-free router-bias update,
 atomic checkpoints with exact resume, SIGTERM save-and-exit, metrics and the final report.
-DeepSpeed ZeRO-1, MuonClip, expert parallelism and DEP arrive with the engine issue.
+Options per stage (training/config.py): `optimizer=muonclip` (Muon + per-head QK-Clip),
+`zero_stage=1` (DeepSpeed ZeRO-1, training/zero.py), `expert_parallel=N` (experts sharded over
+groups of N ranks, training/expert_parallel.py) and `dep=true` (training/dep.py).
+Checkpoints always hold the full model (gathered from expert shards), so the next stage or the
+evaluation loads them without knowing how they were trained; optimizer state that is partitioned
+(ZeRO-1) or sharded (experts) is saved per rank.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ from model.multimodal import K25Model
 from training import checkpoint
 from training.config import ConfigError, StageConfig, load_profile, stage_config
 from training.data import Vocab, load_mixture, load_vocab
+from training.expert_parallel import ExpertParallelMoE, apply_expert_parallel, gather_moe_state_dict, sync_gradients
+from training.expert_parallel import grad_norm as ep_grad_norm
 from training.muonclip import MuonClip, enable_max_logit_recording, muon_param_groups, qk_clip, read_max_logits
 from training.reporting import Reporter, Throughput, fail, rank_env
+from training.zero import check_resumable, load_partition, wrap_zero1
 
 
 @dataclass
@@ -114,6 +122,9 @@ class Engine:
                 self.init_manifest, _ = checkpoint.read_manifest(args.init_from)
             except checkpoint.CheckpointError as e:
                 fail(str(e))
+        ep = self.cfg.expert_parallel
+        if rank_env()[1] % ep:
+            fail(f"expert_parallel={ep} does not divide the world size {rank_env()[1]}")
         self.args = args
         self.rank, self.world = init_distributed()
         self.device = torch.device(f"cuda:{rank_env()[2]}" if torch.cuda.is_available() else "cpu")
@@ -121,13 +132,18 @@ class Engine:
         self.mixture = load_mixture(args.mixture)
         self.vocab: Vocab = load_vocab(self.mixture)
         self.model = self._build_model()
+        resume_state = self._load_resume_state()  # full weights go in before experts are sharded
+        self.ep_group, self.expert_dp_group = self._setup_expert_parallel()
         self.trainable = self._select_trainable()
         self.optimizer = self._build_optimizer()
+        self.ds_engine = None
+        if self.cfg.zero_stage == 1:
+            self.ds_engine, self.optimizer = wrap_zero1(self.model, self.optimizer, self.cfg)
         self.step = 0
         self.loader_state: dict = {}
         self._stop = False
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._resume()
+        self._restore_training_state(resume_state)
 
     # ---- construction
     def _build_model(self) -> K25Model:
@@ -148,6 +164,23 @@ class Engine:
             model.backbone.set_yarn(self.cfg.yarn_factor)
         return model.to(self.device)
 
+    def _setup_expert_parallel(self):
+        """(EP group, expert data-parallel group). Groups of `expert_parallel` consecutive ranks
+        share one copy of the experts; ranks at the same position in different groups hold the same
+        expert shard and average its gradients (None when there is only one EP group)."""
+        ep = self.cfg.expert_parallel
+        if ep == 1:
+            return None, None
+        if self.model.cfg.n_experts % ep:
+            fail(f"expert_parallel={ep} does not divide the model's {self.model.cfg.n_experts} experts")
+        # new_group is collective over the world: every rank creates every group, in the same order
+        ep_groups = [dist.new_group(list(range(i, i + ep))) for i in range(0, self.world, ep)]
+        dp_groups = [dist.new_group(list(range(j, self.world, ep))) for j in range(ep)]
+        apply_expert_parallel(self.model, ep_groups[self.rank // ep])
+        self.reporter.log(f"expert parallelism: {self.world // ep} group(s) of {ep} ranks, "
+                          f"{self.model.cfg.n_experts // ep} experts per rank")
+        return ep_groups[self.rank // ep], (dp_groups[self.rank % ep] if self.world > ep else None)
+
     def _select_trainable(self) -> list[torch.nn.Parameter]:
         groups = self.model.module_groups()
         for p in self.model.parameters():
@@ -165,21 +198,47 @@ class Engine:
             return MuonClip(muon_param_groups(self.model, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay))
         decay = [p for p in self.trainable if p.dim() >= 2]
         no_decay = [p for p in self.trainable if p.dim() < 2]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr, betas=(0.9, 0.95))
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        # no empty groups: DeepSpeed flattens each group into one buffer
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr, betas=(0.9, 0.95))
+
+    @property
+    def optimizer_per_rank(self) -> bool:
+        """Optimizer state differs per rank (ZeRO partitions, expert shards): saved per rank."""
+        return self.cfg.zero_stage == 1 or self.cfg.expert_parallel > 1
 
     # ---- resume
-    def _resume(self) -> None:
+    def _load_resume_state(self) -> dict | None:
+        """This rank's view of run_dir/latest (model weights loaded into the still-full model), or
+        None for a fresh start. Layout mismatches fail here, before any training."""
         if self.args.resume == "never":
-            return
+            return None
         latest = checkpoint.latest(self.args.run_dir)
         if latest is None:
             if self.args.resume == "must":
                 fail(f"--resume must: no committed checkpoint under {self.args.run_dir}")
-            return
+            return None
+        manifest, _ = checkpoint.read_manifest(latest)
+        why = check_resumable(manifest, self.world)
+        for key in ("zero_stage", "expert_parallel"):
+            if manifest.get(key, getattr(StageConfig, key)) != getattr(self.cfg, key):
+                why = (f"checkpoint {latest} was written with {key}={manifest.get(key)}, this run has "
+                       f"{key}={getattr(self.cfg, key)}; resume with the same setting")
+        if why:
+            fail(f"cannot resume: {why}")
         state = checkpoint.load(latest, self.rank)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optim"])
+        state["uri"] = latest
+        return state
+
+    def _restore_training_state(self, state: dict | None) -> None:
+        if state is None:
+            return
+        latest = state["uri"]
+        if self.ds_engine is not None:
+            load_partition(self.optimizer, state["optim"], self.rank, self.world)
+        else:
+            self.optimizer.load_state_dict(state["optim"])
         self.step = state["trainer"]["step"]
         # The loader state is per rank (each data-parallel rank reads its own shards); checkpoints
         # written before that kept rank 0's copy in the trainer object.
@@ -196,16 +255,50 @@ class Engine:
     def save(self, loader_state: dict) -> tuple[str, str, str | None]:
         meta = {"stage": self.args.stage, "profile": self.args.profile, "model_config": self.model.cfg.to_dict(),
                 "stage_config": asdict(self.cfg), "tokenizer_digest": self.mixture["tokenizer"]["digest"],
-                "mixture_digest": self.mixture["digest"], "init_from": self.args.init_from}
-        shared = {"model": self.model.state_dict(), "optim": self.optimizer.state_dict(),
-                  "trainer": {"step": self.step}}
+                "mixture_digest": self.mixture["digest"], "init_from": self.args.init_from,
+                "zero_stage": self.cfg.zero_stage, "expert_parallel": self.cfg.expert_parallel}
+        model_state = self.model.state_dict()
+        if self.ep_group is not None:  # collective: the full experts, so any stage can load the checkpoint
+            model_state = gather_moe_state_dict(model_state, self.ep_group)
+        shared = {"model": model_state, "trainer": {"step": self.step}}
         per_rank = {"rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "loader": loader_state}
+        (per_rank if self.optimizer_per_rank else shared)["optim"] = self.optimizer.state_dict()
         uri, digest = checkpoint.save(self.args.run_dir, self.step, shared, per_rank, meta)
         model_id = self.reporter.checkpoint(uri, digest, self.step, {"stage": self.args.stage, "step": self.step})
         self.reporter.log(f"checkpoint step {self.step} committed: {uri}")
         return uri, digest, model_id
 
     # ---- the loop
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.ds_engine is not None:
+            self.ds_engine.backward(loss)  # ZeRO reduces gradients into each rank's partition
+        else:
+            loss.backward()
+
+    def _optimizer_step(self) -> float:
+        """Synchronise gradients, clip and step; returns the global gradient norm (before clipping)."""
+        if self.ds_engine is not None:
+            self.ds_engine.step()  # averaged grads, clipping (gradient_clipping), partition update, all-gather
+            norm = self.ds_engine.get_global_grad_norm()
+            return float(norm) if norm is not None else float("nan")
+        if self.ep_group is not None:
+            norm = self._sync_expert_parallel_grads()
+        else:
+            norm = self._all_reduce_grads()
+        self.optimizer.step()
+        return norm
+
+    def _sync_expert_parallel_grads(self) -> float:
+        """Expert shards already hold their EP group's summed gradient; replicated parameters are
+        averaged over the world. The norm counts each expert shard once (summed over the EP group)."""
+        sync_gradients(self.trainable, self.world, None, self.expert_dp_group)
+        norm = ep_grad_norm(self.trainable, self.ep_group)
+        coef = torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0)  # as clip_grad_norm_
+        for p in self.trainable:
+            if p.grad is not None:
+                p.grad.mul_(coef)
+        return float(norm)
+
     def _all_reduce_grads(self) -> float:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.trainable]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -240,7 +333,9 @@ class Engine:
         for moe in self.model.backbone.moe_layers():
             if moe.last_load is None:
                 continue
-            load = moe.last_load.float()
+            # EP layers report the EP group's load in last_load; all-reduce the rank's own counts
+            own = moe.last_local_load if isinstance(moe, ExpertParallelMoE) else moe.last_load
+            load = own.float()
             if self.world > 1:
                 dist.all_reduce(load)
             moe.update_bias(load, self.cfg.router_bias_rate)
@@ -263,9 +358,8 @@ class Engine:
             self.optimizer.zero_grad(set_to_none=True)
             loss, metrics, n_tokens = step_fn(self.step)
             if loss.requires_grad:  # a step_fn may run its own backward (DEP does)
-                loss.backward()
-            grad_norm = self._all_reduce_grads()
-            self.optimizer.step()
+                self._backward(loss)
+            grad_norm = self._optimizer_step()
             if self.cfg.optimizer == "muonclip":
                 metrics.update(self._qk_clip())
             metrics.update(self._update_router_bias())
