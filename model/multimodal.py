@@ -52,6 +52,11 @@ class K25Model(nn.Module):
         logits = self(tokens, vision_items, attn_mask)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
+    def token_losses(self, tokens, targets, vision_items=None, attn_mask=None) -> torch.Tensor:
+        """Per-position cross-entropy [B, T] (fp32, 0 where the target is -100) from one forward;
+        `mean_token_loss` of it is `loss` (for per-modality or per-document metrics)."""
+        return token_cross_entropy(self(tokens, vision_items, attn_mask), targets)
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
                  temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
@@ -98,6 +103,17 @@ class K25Model(nn.Module):
             hidden = self.backbone.forward_hidden(self.embed(nxt[:, None], None), step_mask, next_pos[:, None], cache)
             next_pos += 1
         return outs
+
+
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per position [B, T] in fp32 for logits [B, T, V]; 0 where the target is -100."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                           reduction="none").view(targets.shape)
+
+
+def mean_token_loss(token_loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean over positions with a target: what `F.cross_entropy(..., ignore_index=-100)` gives."""
+    return token_loss.sum() / (targets != -100).sum()
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:

@@ -3,17 +3,47 @@
 A profile is a Python object: the model preset, the number of ranks and one `StageConfig` per
 stage. Only a profile name and a few `key=value` overrides cross the Dagster UI; both are
 validated here, before any process starts.
+
+Phases. A stage may train in `phases` (sub-stages run in order by one program, each starting
+from the previous one's final checkpoint): mid-training's context lengths (RECIPE.md §3.1) and
+the ViT warm-up's caption / projector-only stages (§3.2). A `Phase` has a name, a step count and
+StageConfig overrides. Overrides from the UI resolve as
+
+    profile stage config < stage-level overrides < the phase's own overrides < `<phase>.<field>`
+
+A stage-level override of a field that some phase sets itself (e.g. `seq_len` for mid-training,
+and always `steps`) is rejected, since the phase would silently win; set it per phase instead:
+`phase_steps=14,4,2` (one count per phase, in order) or `ctx4k.batch_size=2`. `phase=<name>` is
+how the program asks for one phase's config (`stage_config` then returns that phase resolved);
+set by hand, the program trains only that phase, in the given run directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from model.config import PRESETS
 
 STAGES = ("vit_warmup", "joint_pretrain", "midtrain", "sft", "rl", "parl", "evaluation")
 MODULE_GROUPS = ("vision", "projector", "llm")
+PHASE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # used in run-dir names and `<phase>.<field>` keys
+PHASE_RESERVED = ("steps", "phases", "phase")  # not a phase override: steps is Phase.steps
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One sub-stage of a stage that trains in phases (see the module docstring).
+
+    `overrides` maps StageConfig fields to values, typed (`1024`, `("projector",)`) or strings
+    as they come from the UI; they are coerced and validated like any override. Unless a phase
+    sets `seed`, phase k trains with the stage's seed + k (fresh shard orders and shuffles for
+    each sub-stage's data instead of re-reading the first phase's)."""
+
+    name: str
+    steps: int
+    overrides: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +81,9 @@ class StageConfig:
     checkpoint_every: int = 20
     log_every: int = 5
     seed: int = 1234
+    # Sub-stages trained in order by one program (Phase above); () = the stage is one run.
+    phases: tuple[Phase, ...] = ()
+    phase: str = ""  # the phase this config is resolved for ("" = the stage as a whole)
     # RL / PARL / evaluation
     prompts_per_step: int = 2  # per rank
     group_size: int = 4  # samples per prompt
@@ -127,12 +160,46 @@ class StageConfig:
         bad_sources = set(self.sources) - {"text", "image_text", "video"}
         if bad_sources:
             errors.append(f"unknown sources {sorted(bad_sources)}")
+        errors += _phase_errors(self)
         if errors:
             raise ConfigError(f"invalid config for stage {stage!r}: " + "; ".join(errors))
 
 
 class ConfigError(ValueError):
     """A bad profile name, override or value, raised before any training process starts."""
+
+
+def _phase_errors(cfg: StageConfig) -> list[str]:
+    errors = []
+    names = [p.name for p in cfg.phases]
+    fields = {f.name for f in dataclasses.fields(StageConfig)}
+    for p in cfg.phases:
+        if not isinstance(p, Phase):
+            errors.append(f"phases must hold Phase objects (got {p!r})")
+            continue
+        if not PHASE_NAME.match(p.name):
+            errors.append(f"phase name {p.name!r} must match {PHASE_NAME.pattern}")
+        if not isinstance(p.steps, int) or p.steps <= 0:
+            errors.append(f"phase {p.name!r}: steps must be > 0 (got {p.steps})")
+        for key in p.overrides:
+            if key in PHASE_RESERVED or key not in fields:
+                errors.append(f"phase {p.name!r}: {key!r} is not a phase override (StageConfig fields other "
+                              f"than {', '.join(PHASE_RESERVED)})")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        errors.append(f"phase names must be unique (repeated: {dupes})")
+    if cfg.phase and cfg.phase not in names:
+        errors.append(f"unknown phase {cfg.phase!r}; phases: {names or 'none'}")
+    return errors
+
+
+def _override_text(value) -> str:
+    """A typed profile value as the string an override would carry (tuples comma-joined)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass
@@ -144,19 +211,36 @@ class Profile:
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
 
+def _vit_warmup_phases(caption: int, projector: int) -> tuple[Phase, ...]:
+    """Stage 2 is "very short" [not stated how short]; Kimi-VL's alignment was 0.1T after 2T."""
+    return (Phase("caption", caption),
+            Phase("projector", projector, {"trainable": ("projector",), "warmup_steps": 1}))
+
+
 def _tiny() -> Profile:
     vision_only = dict(sources=("image_text", "video"), vision_ratio=0.0)
     text_only = dict(sources=("text",), vision_ratio=0.0, trainable=("llm",))
     return Profile(
         name="tiny", model="tiny", nproc_per_node=2, tokenizer_vocab=4096,
         stages={
+            # ViT warm-up (RECIPE.md §3.2): stage 1 "caption" aligns the encoder through the decoder
+            # on caption cross-entropy; stage 2 "projector" (very short) trains only the projector.
             # No pretrained decoder exists at tiny scale, so the caption loss trains the small LLM
-            # too; at k25 scale stage 1 trains only the ViT against a frozen decoder.
+            # too; at k25 scale stage 1 trains the ViT and projector against a frozen decoder.
             "vit_warmup": StageConfig(steps=100, lr=3e-3, checkpoint_every=50, log_every=10, yarn_factor=1.0,
-                                      **vision_only),
+                                      phases=_vit_warmup_phases(90, 10), **vision_only),
             "joint_pretrain": StageConfig(steps=60, lr=3e-3, checkpoint_every=30, optimizer="muonclip"),
+            # Long-context mid-training (§3.1): 256 -> 1K -> 4K with YaRN, factor = seq_len /
+            # original_max_position (128 for the tiny model), so the extended context is exactly the
+            # phase's length. The 4K phase is two steps of one sequence (measured about 8 s a step
+            # with 2 ranks on 2 CPU cores).
             "midtrain": StageConfig(steps=20, seq_len=256, batch_size=2, lr=1e-3, yarn_factor=2.0, checkpoint_every=10,
-                                   optimizer="muonclip"),
+                                   optimizer="muonclip", phases=(
+                                       Phase("ctx256", 14, {"seq_len": 256, "yarn_factor": 2.0, "batch_size": 2}),
+                                       Phase("ctx1k", 4, {"seq_len": 1024, "yarn_factor": 8.0, "batch_size": 1,
+                                                          "warmup_steps": 1}),
+                                       Phase("ctx4k", 2, {"seq_len": 4096, "yarn_factor": 32.0, "batch_size": 1,
+                                                          "warmup_steps": 1}))),
             # Zero-vision SFT and RL on text: the encoder is frozen (no vision tokens reach it).
             # A tiny model cannot learn 100-token worked solutions in minutes; with final-answer
             # targets it learns the answer format, so RL gets rewards with non-zero variance.
@@ -171,24 +255,35 @@ def _tiny() -> Profile:
 def _small() -> Profile:
     p = _tiny()
     scale = dict(steps=2000, batch_size=16, checkpoint_every=500, log_every=10)
-    return Profile(
-        name="small", model="small", nproc_per_node=1, tokenizer_vocab=32768,
-        stages={k: dataclasses.replace(v, **(scale if k not in ("rl", "parl", "evaluation") else {}))
-                for k, v in p.stages.items()},
-    )
+    stages = {k: dataclasses.replace(v, **(scale if k not in ("rl", "parl", "evaluation") else {}))
+              for k, v in p.stages.items()}
+    stages["vit_warmup"] = dataclasses.replace(stages["vit_warmup"], phases=_vit_warmup_phases(1800, 200))
+    # The small model's original context is 4096 [choice]: 4K (no YaRN), then 16K with YaRN x4,
+    # 16K tokens per sequence-batch in both.
+    stages["midtrain"] = dataclasses.replace(stages["midtrain"], yarn_factor=1.0, phases=(
+        Phase("ctx4k", 1500, {"seq_len": 4096, "yarn_factor": 1.0, "batch_size": 4}),
+        Phase("ctx16k", 500, {"seq_len": 16384, "yarn_factor": 4.0, "batch_size": 1, "warmup_steps": 1})))
+    return Profile(name="small", model="small", nproc_per_node=1, tokenizer_vocab=32768, stages=stages)
 
 
 def _k25() -> Profile:
     """The paper's shape and sequence lengths (RECIPE.md §3.1); planned and validated, not run here."""
     p = _tiny()
     stages = dict(p.stages)
-    stages["vit_warmup"] = dataclasses.replace(stages["vit_warmup"], seq_len=4096, trainable=("vision",))
+    # Stage 1 trains MoonViT-3D and the projector (the decoder frozen: Moonlight in the paper, the
+    # model's own LLM here); stage 2 the projector only (the phases' own override).
+    stages["vit_warmup"] = dataclasses.replace(stages["vit_warmup"], seq_len=4096, trainable=("vision", "projector"))
     # DEP pays off with one device per rank; on a shared CPU it costs more than it saves
     # (benchmarks/bench_dep.py), so only the GPU profiles turn it on.
     stages["joint_pretrain"] = dataclasses.replace(stages["joint_pretrain"], seq_len=4096, dep=True)
-    # first mid-training sub-stage, 4K -> 32K; the 256K sub-stage is the same stage with
-    # overrides seq_len=262144, yarn_factor=64 (the released config's factor)
-    stages["midtrain"] = dataclasses.replace(stages["midtrain"], seq_len=32768, yarn_factor=8.0, dep=True)
+    # Mid-training extends joint pre-training's 4K context: 32K, then 256K (§3.1, "500B -> 200B"
+    # tokens). YaRN factor = seq_len / 4096: 8, then 64 (the released config's factor, giving
+    # max_position_embeddings 262144). Per-sub-stage data mix and learning rate are [not stated].
+    # Steps are in the token ratio at one sequence per rank per step (500B/32K : 200B/256K = 20:1);
+    # their absolute size, like the rest of this profile, is a placeholder (global batch [not stated]).
+    stages["midtrain"] = dataclasses.replace(stages["midtrain"], seq_len=32768, yarn_factor=8.0, dep=True, phases=(
+        Phase("ctx32k", 20, {"seq_len": 32768, "yarn_factor": 8.0, "batch_size": 1}),
+        Phase("ctx256k", 1, {"seq_len": 262144, "yarn_factor": 64.0, "batch_size": 1, "warmup_steps": 0})))
     return Profile(name="k25", model="k25", nproc_per_node=8, tokenizer_vocab=163840, stages=stages)
 
 
@@ -241,9 +336,92 @@ def apply_overrides(obj, overrides: dict[str, str] | None, what: str):
 
 
 def stage_config(profile: str, stage: str, overrides: dict[str, str] | None = None) -> StageConfig:
-    """The validated config of one stage: profile defaults, then `overrides` (field -> string)."""
+    """The validated config of one stage: profile defaults, then `overrides` (field -> string).
+
+    For a stage with phases, every phase is resolved and validated too; with `phase=<name>` in
+    the overrides the result is that phase's config (see the module docstring)."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; known: {STAGES}")
-    cfg = apply_overrides(load_profile(profile).stages[stage], overrides, f"stage {stage!r}")
+    base = load_profile(profile).stages[stage]
+    plain, scoped, phase_steps = {}, {}, None
+    for key, raw in (overrides or {}).items():
+        if key == "phase_steps":
+            phase_steps = raw
+        elif "." in key:
+            name, _, fname = key.partition(".")
+            scoped.setdefault(name, {})[fname] = raw
+        else:
+            plain[key] = raw
+    if "phases" in plain:
+        raise ConfigError("override 'phases' is not supported; use phase_steps=..., <phase>.<field>=... or phase=<name>")
+    cfg = apply_overrides(base, plain, f"stage {stage!r}")
+    if not cfg.phases:
+        if scoped or phase_steps is not None:
+            what = "phase_steps" if phase_steps is not None else f"{next(iter(scoped))}.<field>"
+            raise ConfigError(f"override {what!r}: stage {stage!r} has no phases")
+        cfg.validate(stage)
+        return cfg
+    cfg = dataclasses.replace(cfg, phases=_resolve_phases(cfg, stage, plain, scoped, phase_steps))
     cfg.validate(stage)
-    return cfg
+    resolved = {p.name: phase_config(cfg, p.name, stage) for p in cfg.phases}  # validates every phase
+    return resolved[cfg.phase] if cfg.phase else cfg
+
+
+def _resolve_phases(cfg: StageConfig, stage: str, plain: dict, scoped: dict[str, dict],
+                    phase_steps) -> tuple[Phase, ...]:
+    names = [p.name for p in cfg.phases]
+    shadowed = {key: [p.name for p in cfg.phases if key in p.overrides or key == "steps"] for key in plain}
+    shadowed = {k: v for k, v in shadowed.items() if v}
+    if shadowed:
+        key, by = next(iter(shadowed.items()))
+        hint = (f"phase_steps={','.join(str(p.steps) for p in cfg.phases)}" if key == "steps"
+                else f"{by[0]}.{key}=...")
+        raise ConfigError(f"override {key!r}: stage {stage!r} sets it per phase ({', '.join(by)}), which would "
+                          f"win over a stage-level value; set it per phase instead, e.g. {hint}")
+    unknown = sorted(set(scoped) - set(names))
+    if unknown:
+        raise ConfigError(f"override '{unknown[0]}.<field>': stage {stage!r} has no phase {unknown[0]!r}; "
+                          f"phases: {names}")
+    steps = [p.steps for p in cfg.phases]
+    if phase_steps is not None:
+        parts = [s.strip() for s in str(phase_steps).split(",") if s.strip()]
+        try:
+            steps = [int(s) for s in parts]
+        except ValueError as e:
+            raise ConfigError(f"override phase_steps={phase_steps!r}: expected comma-separated integers") from e
+        if len(steps) != len(names):
+            raise ConfigError(f"override phase_steps={phase_steps!r}: stage {stage!r} has {len(names)} phases "
+                              f"({', '.join(names)}), got {len(steps)} counts")
+    types = {f.name: f.type for f in dataclasses.fields(StageConfig)}
+    out = []
+    for p, n in zip(cfg.phases, steps):
+        extra = dict(scoped.get(p.name, {}))
+        if "steps" in extra:
+            try:
+                n = int(str(extra.pop("steps")).strip())
+            except ValueError as e:
+                raise ConfigError(f"override {p.name}.steps: expected an integer") from e
+        for key in extra:
+            if key in ("phases", "phase"):
+                raise ConfigError(f"override {p.name}.{key!r} is not supported")
+            if key in types:  # typed now, so the manifests record values, not UI strings
+                try:
+                    extra[key] = _coerce(types[key], extra[key], key)
+                except ValueError as e:
+                    raise ConfigError(f"override {p.name}.{key}={extra[key]!r} is not a valid {types[key]}: {e}") from e
+        out.append(Phase(p.name, n, {**p.overrides, **extra}))
+    return tuple(out)
+
+
+def phase_config(cfg: StageConfig, name: str, stage: str) -> StageConfig:
+    """Phase `name` of a (resolved) phased stage config: the stage's values, then the phase's
+    overrides, its steps, and seed + index unless the phase sets a seed; validated."""
+    index = [p.name for p in cfg.phases].index(name)
+    phase = cfg.phases[index]
+    values = {k: _override_text(v) for k, v in phase.overrides.items()}
+    values["steps"] = str(phase.steps)
+    if "seed" not in phase.overrides:
+        values["seed"] = str(cfg.seed + index)
+    out = dataclasses.replace(apply_overrides(cfg, values, f"stage {stage!r} phase {name!r}"), phase=name)
+    out.validate(f"{stage}/{name}")
+    return out

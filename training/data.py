@@ -45,6 +45,14 @@ def load_mixture(mixture_uri: str) -> dict:
     return json.loads(storage.read_text(uri))
 
 
+# What each input position of a packed row belongs to (`Batch.modality`). A position's target is
+# the next token of the same document, so it belongs to the same sample.
+MODALITY_PAD = 0  # padding (no document)
+MODALITY_TEXT = 1  # a text document
+MODALITY_VISION = 2  # an image-text or video sample: media tokens, timestamp and caption
+MODALITY_NAMES = {MODALITY_TEXT: "text", MODALITY_VISION: "vision"}
+
+
 @dataclass
 class Batch:
     tokens: torch.Tensor  # [B, T]
@@ -53,6 +61,7 @@ class Batch:
     vision_items: list[torch.Tensor]  # in placeholder order (row-major)
     text_tokens: int
     vision_tokens: int
+    modality: torch.Tensor | None = None  # [B, T] int8 MODALITY_* per position; None = not tracked
 
 
 # ---- chat data for SFT and RL (zero-vision: text only)

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+
+from model.multimodal import mean_token_loss, token_cross_entropy
 
 Shape = tuple[int, ...]
 
@@ -145,7 +146,8 @@ def dep_loss_and_backward(model, tokens: torch.Tensor, targets: torch.Tensor, at
 
     balance=False runs the same three phases with every item encoded by its own rank (useful to
     separate the cost of the recomputation from the gain of balancing). If `stats` is a dict, it
-    gets the plan and patch loads ("plan", "local_patches", "encoded_patches").
+    gets the plan and patch loads ("plan", "local_patches", "encoded_patches") and the detached
+    per-position cross-entropy ("token_loss", [B, T], 0 where the target is -100).
     """
     vision = model.vision
     vcfg = vision.cfg
@@ -212,7 +214,10 @@ def dep_loss_and_backward(model, tokens: torch.Tensor, targets: torch.Tensor, at
         h = h.clone()
         h[slots] = leaf.to(h.dtype)
     logits = backbone.forward_embeddings(h, attn_mask)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    token_loss = token_cross_entropy(logits, targets)
+    loss = mean_token_loss(token_loss, targets)
+    if stats is not None:
+        stats["token_loss"] = token_loss.detach()
     if loss.requires_grad:
         loss.backward()
 

@@ -110,7 +110,11 @@ def wsd_lr(cfg: StageConfig, step: int) -> float:
 
 
 class Engine:
-    def __init__(self, args: RunArgs):
+    def __init__(self, args: RunArgs, reporter: Reporter | None = None, last: bool = True):
+        # reporter, last: for a stage trained in phases (training/pretrain.py), one Reporter (one
+        # Pipes session, one MLflow run) serves every phase, and a phase with last=False leaves it
+        # and the process group open at the end of fit() for the next phase, which reports.
+        self.last = last
         # Validate everything cheap before the process group and the model exist.
         try:
             self.cfg = stage_config(args.profile, args.stage, args.overrides)
@@ -128,7 +132,7 @@ class Engine:
         self.args = args
         self.rank, self.world = init_distributed()
         self.device = torch.device(f"cuda:{rank_env()[2]}" if torch.cuda.is_available() else "cpu")
-        self.reporter = Reporter(self.rank, args.stage, args.tracking_uri, args.mlflow_run_id)
+        self.reporter = reporter or Reporter(self.rank, args.stage, args.tracking_uri, args.mlflow_run_id)
         self.mixture = load_mixture(args.mixture)
         self.vocab: Vocab = load_vocab(self.mixture)
         self.model = self._build_model()
@@ -360,7 +364,7 @@ class Engine:
             if loss.requires_grad:  # a step_fn may run its own backward (DEP does)
                 self._backward(loss)
             grad_norm = self._optimizer_step()
-            if self.cfg.optimizer == "muonclip":
+            if self.cfg.optimizer == "muonclip" and "llm" in self.cfg.trainable:  # never rescale frozen q/k
                 metrics.update(self._qk_clip())
             metrics.update(self._update_router_bias())
             loss_value = float(loss.detach())
@@ -394,6 +398,8 @@ class Engine:
         return bool(flag.item() > 0)
 
     def _report(self, ckpt: tuple[str, str, str | None], losses: list[float], seconds: float) -> None:
+        if not self.last:  # a later phase of this stage reports
+            return
         uri, digest, model_id = ckpt
         head = losses[: max(1, len(losses) // 5)]
         tail = losses[-max(1, len(losses) // 5):]

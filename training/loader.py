@@ -15,6 +15,8 @@ Layout of the data flow on one data-parallel rank:
       -> torch DataLoader (num_workers processes, batch_size=None): worker w yields whole batches
          w, w + W, w + 2W, ...; the DataLoader returns them in that fixed round-robin order, so
          the batch of step s is a pure function of (seed, dp_rank, num_workers, data, config, s).
+      -> Batch, with `modality` marking each position as text, vision sample (media tokens and the
+         caption of an image-text or video sample) or padding, for per-modality loss metrics.
 
 Sharding is by data-parallel rank (never the global rank): slot = dp_rank * W + worker. With at
 least dp_size * W shards, rank r takes shards[r::dp_size] and worker w of them [w::W]; with fewer
@@ -54,7 +56,7 @@ from PIL import Image
 from curation.shards import CuratedSet
 from infra import storage
 from model.vision import vision_token_count
-from training.data import Batch, Vocab
+from training.data import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISION, Batch, Vocab
 
 VISION_MODALITIES = ("image_text", "video")
 MIN_TEXT_PIECE = 8
@@ -319,6 +321,7 @@ class Packer:
             "targets": np.array([r[1] for r in rows], dtype=np.int64),
             "doc": np.array([r[2] for r in rows], dtype=np.int32),
             "items": [px for r in rows for px in r[3]],
+            "modality": np.array([r[4] for r in rows], dtype=np.int8),
         }
         self.index += self.cfg.num_workers
         out["state"] = self.state()
@@ -329,6 +332,7 @@ class Packer:
         use_vision = bool(self.vision) and (ratio > 0 or not self.text)
         toks: list[int] = []
         doc: list[int] = []
+        mod: list[int] = []  # MODALITY_* per token (bookkeeping only: never changes what is packed)
         pixels: list[np.ndarray] = []
         doc_ids: dict[str, int] = {}  # a text document continued later in the same row keeps its id
         n_docs = 0
@@ -343,6 +347,7 @@ class Packer:
                 if len(seq) <= room:  # never cut an item: a too-long one waits for the next row
                     stream.advance()
                     doc += [n_docs] * len(seq)
+                    mod += [MODALITY_VISION] * len(seq)
                     n_docs += 1
                     toks += seq
                     pixels.append(sample["pixels"])
@@ -354,6 +359,7 @@ class Packer:
                 if not self.text:  # vision only: pad the rest of the row
                     toks += [v.pad] * room
                     doc += [-1] * room
+                    mod += [MODALITY_PAD] * room
                     break
             take = room
             if use_vision and ratio > 0:
@@ -362,6 +368,7 @@ class Packer:
             if name not in doc_ids:
                 doc_ids[name], n_docs = n_docs, n_docs + 1
             doc += [doc_ids[name]] * len(piece)
+            mod += [MODALITY_TEXT] * len(piece)
             if self.tok_offset[name] == 0:  # the document ended: the next one is a new document
                 del doc_ids[name]
             toks += piece
@@ -372,7 +379,7 @@ class Packer:
         inputs, nxt = toks[:T], toks[1:]
         targets = [t if (t != v.media_pad and t != v.pad and doc[i] == doc[i + 1]) else -100
                    for i, t in enumerate(nxt)]
-        return inputs, targets, doc[:T], pixels
+        return inputs, targets, doc[:T], pixels, mod[:T]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,7 +489,8 @@ class StreamingLoader:
         n_vision = int((tokens == self.vocab.media_pad).sum())
         n_text = int((tokens != self.vocab.pad).sum()) - n_vision
         self.last_ratio_window.append((n_vision, n_text))
-        return Batch(tokens, torch.from_numpy(raw["targets"]), doc_mask(doc), items, n_text, n_vision)
+        return Batch(tokens, torch.from_numpy(raw["targets"]), doc_mask(doc), items, n_text, n_vision,
+                     torch.from_numpy(raw["modality"]))
 
     def window_ratio(self, n: int) -> float:
         """The realised vision share of tokens over the last `n` (<= 100) batches."""

@@ -7,22 +7,75 @@ The stage's config decides the sources (vision-only captions for the warm-up, th
 10:90 vision:text mix for joint pre-training), the trainable modules and the context length.
 Batches come from the streaming loader (training/loader.py); its state is saved per rank in
 every checkpoint and restored on resume, so a resumed run sees exactly the batches it would have.
+
+Phases. A stage with `phases` in its config (mid-training: 256 -> 1K -> 4K tokens with YaRN in
+the tiny profile, 32K -> 256K at k25; ViT warm-up: "caption", then "projector" only) trains
+them in order in this one program. Phase k gets its own engine with the phase's config, the run
+directory `<run-dir>/phase-<k>-<name>` and, as its initial weights, the final committed
+checkpoint of phase k-1 (phase 0: the stage's --init-from). Each phase has its own optimizer and
+WSD schedule, and its own loader (seed + k unless the phase sets one). Resume: a phase whose
+latest checkpoint is at its final step is skipped and that checkpoint starts the next phase; the
+phase in progress resumes exactly through the engine; `--resume must` fails only when no phase
+has a committed checkpoint. A resumed phase must have been started from the checkpoint that now
+ends the phase before it (else it fails: a run dir whose earlier phase was lengthened afterwards).
+One reporter serves all phases: metric steps continue across them (phase offset + step) so the
+loss is one curve in MLflow, and the final report (Pipes metadata, `checkpoint_uri`) is the last
+phase's. Phase lengths and settings are overrides: `phase_steps=14,4,2`, `ctx4k.batch_size=2`
+(training/config.py).
+
+Per-modality loss. Besides the loss, every step logs `loss_text` (targets inside text
+documents) and `loss_vision` (targets inside image-text and video samples: media markers,
+timestamps and captions), each the token-weighted mean over all ranks, from the same forward's
+per-position losses (`Batch.modality` from the loader). With DEP they come from the per-position
+losses `dep_loss_and_backward` returns in its stats. A modality without targets in a step is
+not logged for that step.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+
+import torch
 import torch.distributed as dist
 
+from infra import storage
+from model.multimodal import mean_token_loss
+from training import checkpoint
+from training.config import ConfigError, StageConfig, stage_config
+from training.data import MODALITY_NAMES
 from training.dep import dep_loss_and_backward
-from training.engine import Engine, parse_args
+from training.engine import Engine, RunArgs, parse_args
 from training.loader import LoaderStateError, StreamingLoader
-from training.reporting import fail
+from training.reporting import Reporter, fail, rank_env
 
 STAGES = ("vit_warmup", "joint_pretrain", "midtrain")
 
 
-def main(argv: list[str] | None = None) -> None:
-    engine = Engine(parse_args(STAGES, argv))
+def modality_loss_sums(token_loss: torch.Tensor, targets: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+    """[sum, count] of the per-position loss over the counted targets of each modality in
+    MODALITY_NAMES order, as one float64 vector (all-reduce it to combine ranks)."""
+    valid = targets != -100
+    modality = modality.to(token_loss.device)
+    parts = []
+    for code in MODALITY_NAMES:
+        m = valid & (modality == code)
+        parts += [token_loss.detach().double()[m].sum(), m.sum().double()]
+    return torch.stack(parts)
+
+
+def modality_metrics(sums: torch.Tensor) -> dict[str, float]:
+    """`loss_<modality>` for each modality with at least one target."""
+    out = {}
+    for i, name in enumerate(MODALITY_NAMES.values()):
+        total, count = float(sums[2 * i]), float(sums[2 * i + 1])
+        if count > 0:
+            out[f"loss_{name}"] = total / count
+    return out
+
+
+def train(engine: Engine) -> None:
+    """The training loop of one engine on the streaming loader: a whole stage, or one phase."""
     cfg = engine.cfg
     try:  # data parallel only for now: the DP rank is the global rank
         loader = StreamingLoader(engine.mixture, engine.vocab, cfg.sources, cfg.vision_ratio, cfg.seq_len,
@@ -34,18 +87,27 @@ def main(argv: list[str] | None = None) -> None:
     if engine.step != loader.delivered:
         fail(f"checkpoint step {engine.step} but the loader state has delivered {loader.delivered} batches")
     device = engine.device
-
-    use_dep = cfg.dep and dist.is_initialized() and engine.world > 1
+    distributed = dist.is_initialized() and engine.world > 1
+    use_dep = cfg.dep and distributed
 
     def step_fn(step: int):
         b = loader.batch(step)
-        args = (b.tokens.to(device), b.targets.to(device))
+        tokens, targets = b.tokens.to(device), b.targets.to(device)
         if use_dep:  # every rank, every step (collective), also for text-only batches
-            loss = dep_loss_and_backward(engine.model, *args, b.attn_mask.to(device), b.vision_items)
+            stats: dict = {}
+            loss = dep_loss_and_backward(engine.model, tokens, targets, b.attn_mask.to(device), b.vision_items,
+                                         stats=stats)
+            token_loss = stats["token_loss"]
         else:
-            loss = engine.model.loss(*args, b.vision_items, b.attn_mask.to(device))
+            token_loss = engine.model.token_losses(tokens, targets, b.vision_items, b.attn_mask.to(device))
+            loss = mean_token_loss(token_loss, targets)
         total = b.text_tokens + b.vision_tokens
         metrics = {"vision_token_ratio": b.vision_tokens / max(1, total)}
+        if b.modality is not None:  # every rank has it (same loader), so the all-reduce is collective
+            sums = modality_loss_sums(token_loss, targets, b.modality)
+            if distributed:
+                dist.all_reduce(sums)
+            metrics.update(modality_metrics(sums))
         if (step + 1) % cfg.ratio_log_every == 0:
             window = loader.window_ratio(cfg.ratio_log_every)
             engine.reporter.metrics(step + 1, {"vision_token_ratio_window": window})
@@ -55,6 +117,79 @@ def main(argv: list[str] | None = None) -> None:
         engine.fit(step_fn, loader.state_dict)
     finally:
         loader.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Phases
+
+
+def phase_dir(run_dir: str, index: int, name: str) -> str:
+    return storage.join(run_dir, f"phase-{index}-{name}")
+
+
+def _committed_step(uri: str | None) -> int | None:
+    return None if uri is None else int(checkpoint.read_manifest(uri)[0]["step"])
+
+
+def run_phases(args: RunArgs, cfg: StageConfig) -> None:
+    """Train the phases of `cfg` in order (see the module docstring)."""
+    phases = cfg.phases
+    dirs = [phase_dir(args.run_dir, k, p.name) for k, p in enumerate(phases)]
+    # Every rank reads the same committed state before any rank can write (writes are collective).
+    try:
+        if args.init_from:
+            checkpoint.read_manifest(args.init_from)
+        latest = [None if args.resume == "never" else checkpoint.latest(d) for d in dirs]
+        steps_done = [_committed_step(u) for u in latest]
+    except checkpoint.CheckpointError as e:
+        fail(str(e))
+    if args.resume == "must" and not any(latest):
+        fail(f"--resume must: no committed checkpoint under {args.run_dir} (in any of its phase directories "
+             f"{', '.join(dirs)})")
+
+    reporter = Reporter(rank_env()[0], args.stage, args.tracking_uri, args.mlflow_run_id)
+    init, offset, stop = args.init_from, 0, False
+    for k, (phase, run_dir) in enumerate(zip(phases, dirs)):
+        last = k == len(phases) - 1
+        label = f"phase {k + 1}/{len(phases)} {phase.name!r}"
+        if k > 0 and latest[k] is not None:
+            started_from = checkpoint.read_manifest(latest[k])[0].get("init_from")
+            if started_from != init:
+                fail(f"{label} in {run_dir} was started from {started_from}, but the phase before it now ends at "
+                     f"{init}; resume with the same phase lengths, or use a new run dir or --resume never")
+        if not last and steps_done[k] is not None and steps_done[k] >= phase.steps:
+            reporter.log(f"{label}: complete at {latest[k]}, skipped")
+            init, offset = latest[k], offset + phase.steps
+            continue
+        pargs = dataclasses.replace(args, overrides={**args.overrides, "phase": phase.name}, run_dir=run_dir,
+                                    init_from=init, resume="auto" if args.resume == "must" else args.resume,
+                                    mlflow_run_id=reporter.run_id)
+        pcfg = stage_config(args.profile, args.stage, pargs.overrides)
+        reporter.log(f"{label}: {phase.steps} steps, seq_len {pcfg.seq_len}, yarn_factor {pcfg.yarn_factor}, "
+                     f"batch_size {pcfg.batch_size}, trainable {','.join(pcfg.trainable)}, from {init}, "
+                     f"metric steps {offset + 1}..{offset + phase.steps}")
+        reporter.step_offset = offset
+        engine = Engine(pargs, reporter=reporter, last=last)
+        # A SIGTERM caught between phases (by the previous engine's handler) stops this one at its
+        # first step, after a checkpoint: the usual save-and-exit.
+        engine._stop = engine._stop or stop
+        train(engine)
+        stop = engine._stop
+        del engine
+        gc.collect()
+        init, offset = checkpoint.latest(run_dir), offset + phase.steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(STAGES, argv)
+    try:
+        cfg = stage_config(args.profile, args.stage, args.overrides)
+    except ConfigError as e:
+        fail(str(e))
+    if cfg.phases and not cfg.phase:
+        run_phases(args, cfg)
+    else:
+        train(Engine(args))
 
 
 if __name__ == "__main__":

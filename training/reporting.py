@@ -28,6 +28,9 @@ class Reporter:
         self._exit = contextlib.ExitStack()
         self._pending = []
         self.history: dict[str, list[tuple[int, float]]] = {}
+        # Added to every metric step: the phases of a stage (training/pretrain.py) share one
+        # reporter and log one continuous curve (phase offset + step within the phase).
+        self.step_offset = 0
         if not self.active:
             return
         from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
@@ -51,6 +54,7 @@ class Reporter:
     def metrics(self, step: int, values: dict[str, float]) -> None:
         if not self.active:
             return
+        step += self.step_offset
         for k, v in values.items():
             self.history.setdefault(k, []).append((step, float(v)))
         if self.tracker and self.run_id:

@@ -212,12 +212,12 @@ def test_checkpoint_commit_protocol_on_s3(s3_bucket, monkeypatch):
 def test_torchrun_checkpoints_to_s3_and_resumes(s3_bucket):
     data = helpers.build_tiny_data(storage.join(s3_bucket, "data"))
     assert data.mixture_uri.startswith("s3://") and all(s.uri.startswith("s3://") for s in data.sets.values())
-    run_dir = storage.join(s3_bucket, "checkpoints", "vit_warmup")
+    run_dir = storage.join(s3_bucket, "checkpoints", "joint_pretrain")
     env = helpers.stage_env()
     assert env["AWS_ENDPOINT_URL_S3"].startswith("http://127.0.0.1:")
 
     def launch(steps: int, resume: str, run: str = run_dir):
-        args = ["--stage", "vit_warmup", "--profile", "tiny", "--set", f"steps={steps}", "--set", "checkpoint_every=2",
+        args = ["--stage", "joint_pretrain", "--profile", "tiny", "--set", f"steps={steps}", "--set", "checkpoint_every=2",
                 "--set", "log_every=1", "--mixture", data.mixture_uri, "--run-dir", run, "--resume", resume]
         return helpers.run_torchrun("training.pretrain", args, nproc=2, env=env)
 
@@ -260,4 +260,4 @@ def test_torchrun_checkpoints_to_s3_and_resumes(s3_bucket):
     listed = _keys(storage.list_files(run_dir), run_dir)
     assert "latest" in listed
     assert {"step_000002/manifest.json", "step_000004/manifest.json"} <= set(listed)
-    assert json.loads(storage.read_text(storage.join(final, "manifest.json")))["stage"] == "vit_warmup"
+    assert json.loads(storage.read_text(storage.join(final, "manifest.json")))["stage"] == "joint_pretrain"

@@ -36,7 +36,9 @@ def test_profiles_encode_the_recipe():
     for stage in ("sft", "rl", "parl"):
         assert tiny.stages[stage].sources == ("text",) and tiny.stages[stage].trainable == ("llm",)
     k25 = load_profile("k25")
-    assert k25.stages["vit_warmup"].trainable == ("vision",)
+    # ViT warm-up: stage 1 trains MoonViT-3D + projector, stage 2 only the projector (phases)
+    assert stage_config("k25", "vit_warmup", {"phase": "caption"}).trainable == ("vision", "projector")
+    assert stage_config("k25", "vit_warmup", {"phase": "projector"}).trainable == ("projector",)
     assert k25.stages["midtrain"].seq_len > k25.stages["joint_pretrain"].seq_len
     # Profiles are built fresh on each load: mutating one never leaks into the next.
     tiny.stages["sft"].steps = 999
