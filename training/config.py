@@ -272,16 +272,20 @@ def _k25() -> Profile:
     stages = dict(p.stages)
     # Stage 1 trains MoonViT-3D and the projector (the decoder frozen: Moonlight in the paper, the
     # model's own LLM here); stage 2 the projector only (the phases' own override).
-    stages["vit_warmup"] = dataclasses.replace(stages["vit_warmup"], seq_len=4096, trainable=("vision", "projector"))
+    # The warm-up trains dense modules with AdamW: DeepSpeed ZeRO-1 partitions its optimizer state.
+    stages["vit_warmup"] = dataclasses.replace(stages["vit_warmup"], seq_len=4096, trainable=("vision", "projector"),
+                                               zero_stage=1)
     # DEP pays off with one device per rank; on a shared CPU it costs more than it saves
     # (benchmarks/bench_dep.py), so only the GPU profiles turn it on.
-    stages["joint_pretrain"] = dataclasses.replace(stages["joint_pretrain"], seq_len=4096, dep=True)
+    # EP16 as in the paper (§4.1): 384 experts, 24 per rank; needs a world size divisible by 16.
+    stages["joint_pretrain"] = dataclasses.replace(stages["joint_pretrain"], seq_len=4096, dep=True, expert_parallel=16)
     # Mid-training extends joint pre-training's 4K context: 32K, then 256K (§3.1, "500B -> 200B"
     # tokens). YaRN factor = seq_len / 4096: 8, then 64 (the released config's factor, giving
     # max_position_embeddings 262144). Per-sub-stage data mix and learning rate are [not stated].
     # Steps are in the token ratio at one sequence per rank per step (500B/32K : 200B/256K = 20:1);
     # their absolute size, like the rest of this profile, is a placeholder (global batch [not stated]).
-    stages["midtrain"] = dataclasses.replace(stages["midtrain"], seq_len=32768, yarn_factor=8.0, dep=True, phases=(
+    stages["midtrain"] = dataclasses.replace(stages["midtrain"], seq_len=32768, yarn_factor=8.0, dep=True,
+                                             expert_parallel=16, phases=(
         Phase("ctx32k", 20, {"seq_len": 32768, "yarn_factor": 8.0, "batch_size": 1}),
         Phase("ctx256k", 1, {"seq_len": 262144, "yarn_factor": 64.0, "batch_size": 1, "warmup_steps": 0})))
     return Profile(name="k25", model="k25", nproc_per_node=8, tokenizer_vocab=163840, stages=stages)

@@ -133,3 +133,21 @@ def test_validate_directly():
     with pytest.raises(ConfigError):
         dataclasses.replace(StageConfig(), seq_len=0).validate("x")
     assert issubclass(ConfigError, ValueError)
+
+
+def test_zero1_and_expert_parallel_options_are_validated():
+    import pytest
+
+    from training.config import ConfigError, stage_config
+
+    assert stage_config("tiny", "sft", {"zero_stage": "1"}).zero_stage == 1
+    assert stage_config("tiny", "joint_pretrain", {"expert_parallel": "2"}).expert_parallel == 2
+    for stage, overrides, message in [
+        ("joint_pretrain", {"zero_stage": "1"}, "zero_stage=1 cannot be combined with optimizer=muonclip"),
+        ("sft", {"zero_stage": "1", "dep": "true"}, "zero_stage=1 cannot be combined with dep=true"),
+        ("sft", {"zero_stage": "1", "expert_parallel": "2"}, "cannot be combined with expert_parallel>1"),
+        ("sft", {"zero_stage": "3"}, "zero_stage must be 0 or 1"),
+        ("sft", {"expert_parallel": "0"}, "expert_parallel must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace(">", ".")):
+            stage_config("tiny", stage, overrides)
