@@ -1,16 +1,15 @@
-"""Evaluate a checkpoint (first version of the harness; the evaluation issue adds the full suites).
+"""Evaluate a checkpoint on the benchmark suites (run under torchrun; examples split across ranks).
 
     torchrun --nproc-per-node 2 -m evaluation.run --checkpoint <uri> --mixture <mixture.json> \
-        --out <report folder uri>
+        --out <report folder uri> [--profile tiny] [--set suites=gsm8k,mmlu --set limit=50]
 
-Suites (examples are split across ranks and gathered on rank 0):
-- gsm8k: exact match of the `#### N` answer, greedy decoding, K2.5 chat template, test split.
-- gsm8k_answer_nll: mean per-token NLL of the reference final-answer line given the problem.
-- digits_caption_retrieval (a vision substitute, not a published benchmark): held-out scikit-learn
-  digits the curation never saw; the prediction is the caption, among the ten
-  "a handwritten digit <word>" captions, with the lowest NLL given the image.
-Per-example records go to Parquet; metrics go to MLflow and, with a markdown table and a bar
-chart, to Dagster through Pipes.
+Text suites (evaluation/suites.py) are generated with the K2.5 chat template, batched through the
+model's latent KV cache, with the profile's sampling settings (evaluation/config.py) and avg@k
+samples per prompt; answers are extracted and scored by evaluation/scorers.py, HumanEval programs
+run in evaluation/sandbox.py. Vision suites (evaluation/vision_suites.py, substitutes built by this
+project) are multiple choice scored by likelihood. Rank 0 gathers every per-example record into
+`records.parquet`, writes `report.md` and `accuracy.png`, logs metrics to MLflow and reports them to
+Dagster through Pipes.
 """
 
 from __future__ import annotations
@@ -25,19 +24,17 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from curation.image_text import resize_square, to_rgb
-from curation.sources import DIGIT_WORDS, sklearn_digits
+from evaluation import suites as text_suites
+from evaluation import vision_suites
+from evaluation.config import TEXT_SUITES, VISION_SUITES, ConfigError, EvalConfig, eval_config, to_dict
 from infra import storage
 from model.config import ModelConfig
 from model.multimodal import K25Model
 from training import checkpoint
-from training.config import ConfigError, stage_config
-from training.data import Vocab, gsm8k_path, load_mixture, load_vocab, read_jsonl
+from training.data import Vocab, load_mixture, load_vocab
 from training.engine import init_distributed
-from training.policy import final_answer, math_reward, prompt_ids, reference_answer
+from training.policy import prompt_ids
 from training.reporting import Reporter, fail
-
-HELD_OUT_DIGITS_FROM = 1200  # curation takes the first 600 digits by default
 
 
 def parse_args(argv=None):
@@ -46,11 +43,23 @@ def parse_args(argv=None):
     p.add_argument("--mixture", required=True, help="mixture.json (for the tokenizer)")
     p.add_argument("--out", required=True, help="URI of the report folder")
     p.add_argument("--profile", default="tiny")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
     p.add_argument("--mlflow-run-id", default=None)
     p.add_argument("--data-root", default=os.environ.get("K25_DATA_ROOT", "../shared/data"))
     return p.parse_args(argv)
+
+
+def missing_suite_data(cfg: EvalConfig, data_root: str) -> list[str]:
+    """The errors of every configured text suite whose data files are absent (cheap, no model)."""
+    missing = []
+    for name in cfg.suites:
+        if name in TEXT_SUITES:
+            try:
+                text_suites.load_suite(name, data_root, limit=1)
+            except text_suites.SuiteDataMissing as e:
+                missing.append(str(e))
+    return missing
 
 
 def load_model(ckpt_uri: str, vocab: Vocab, device) -> K25Model:
@@ -60,124 +69,170 @@ def load_model(ckpt_uri: str, vocab: Vocab, device) -> K25Model:
     return model.to(device).eval()
 
 
+def load_work(cfg: EvalConfig, data_root: str) -> dict[str, list]:
+    """Every configured suite's examples, loaded before any model work (bad data fails here)."""
+    limit = cfg.limit or None
+    work = {}
+    for name in cfg.suites:
+        if name in TEXT_SUITES:
+            work[name] = text_suites.load_suite(name, data_root, limit=limit)
+        else:
+            work[name] = vision_suites.build_vision_suite(name, limit=limit)
+    return work
+
+
+# ----------------------------------------------------------------------------------------------
+# text suites: batched sampling, avg@k
+
+def prompt_budget(model: K25Model, cfg: EvalConfig) -> int:
+    """Prompt tokens kept (from the end): the context minus the answer budget, or the config's cap."""
+    budget = model.cfg.max_seq_len - min(cfg.max_new_tokens, model.cfg.max_seq_len // 2)
+    return min(budget, cfg.max_prompt_tokens) if cfg.max_prompt_tokens else budget
+
+
 @torch.no_grad()
-def eval_gsm8k(model, vocab, problems, cfg) -> list[dict]:
-    prompts = [prompt_ids(vocab, p["question"]) for p in problems]
-    outs = model.generate(prompts, cfg.max_new_tokens, {vocab.im_end, vocab.eos}, cfg.temperature, cfg.top_p)
+def eval_text_suite(model: K25Model, vocab: Vocab, suite: str, examples: list, cfg: EvalConfig,
+                    generator: torch.Generator) -> list[dict]:
+    k = cfg.samples_for(suite)
+    budget = prompt_budget(model, cfg)
+    max_new = min(cfg.max_new_tokens, model.cfg.max_seq_len - 1)
+    jobs = [(ex, s) for ex in examples for s in range(k)]  # every prompt k times: avg@k
     records = []
-    for p, prompt, out in zip(problems, prompts, outs):
-        text = vocab.decode(out)
-        ref = reference_answer(p["answer"])
-        _, correct = math_reward(text, ref, 0.0)
-        # NLL of the reference answer line, the signal a tiny model moves before its accuracy does
-        target = vocab.encode("#### " + ref) + [vocab.im_end]
-        seq = torch.tensor([prompt + target], device=model.backbone.head.weight.device)
-        logp = torch.log_softmax(model(seq[:, :-1]).float(), -1)[0, len(prompt) - 1:]
-        nll = -logp.gather(-1, seq[0, len(prompt):, None]).mean().item()
-        records.append({"suite": "gsm8k", "prompt": p["question"], "output": text, "extracted": final_answer(text),
-                        "reference": ref, "score": float(correct), "answer_nll": nll, "tokens": len(out)})
+    for start in range(0, len(jobs), cfg.batch_size):
+        batch = jobs[start:start + cfg.batch_size]
+        prompts = [prompt_ids(vocab, ex.prompt)[-budget:] for ex, _ in batch]
+        outs = model.generate(prompts, max_new, {vocab.im_end, vocab.eos}, cfg.temperature, cfg.top_p, generator)
+        for (ex, sample), prompt, out in zip(batch, prompts, outs):
+            text = vocab.tok.decode([t for t in out if t not in (vocab.im_end, vocab.eos)])
+            scored = text_suites.score(ex, text, timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb)
+            records.append({"suite": suite, "id": ex.id, "sample": sample, "prompt": ex.prompt, "output": text,
+                            "extracted": str(scored.get("extracted")), "reference": str(ex.reference),
+                            "score": float(scored["score"]), "prompt_tokens": len(prompt), "output_tokens": len(out)})
     return records
 
 
 @torch.no_grad()
-def eval_digits(model, vocab, n: int, rank: int, world: int) -> list[dict]:
-    size = 56
-    pads = (size // 28) ** 2
-    head = [vocab.media_begin] + vocab.encode("image") + [vocab.media_content] + [vocab.media_pad] * pads + [vocab.media_end]
-    captions = [vocab.encode(f"a handwritten digit {w}") + [vocab.eos] for w in DIGIT_WORDS]
-    device = model.backbone.head.weight.device
+def eval_vision_suite(model: K25Model, vocab: Vocab, suite: str, examples: list, device) -> list[dict]:
     records = []
-    digits = list(sklearn_digits())[HELD_OUT_DIGITS_FROM:HELD_OUT_DIGITS_FROM + n]
-    for i, rec in enumerate(digits):
-        if i % world != rank:
-            continue
-        image = torch.from_numpy(np.array(resize_square(to_rgb(rec.image), size)))
-        width = max(len(c) for c in captions)
-        seqs = torch.tensor([head + c + [vocab.pad] * (width - len(c)) for c in captions], device=device)
-        logits = model(seqs[:, :-1], [image] * len(captions)).float()
-        logp = torch.log_softmax(logits, -1).gather(-1, seqs[:, 1:, None]).squeeze(-1)
-        mask = torch.zeros_like(logp)
-        for j, c in enumerate(captions):
-            mask[j, len(head) - 1:len(head) - 1 + len(c)] = 1
-        nll = -(logp * mask).sum(-1) / mask.sum(-1)
-        pred = DIGIT_WORDS[int(nll.argmin())]
-        truth = rec.caption.rsplit(" ", 1)[-1]
-        records.append({"suite": "digits_caption_retrieval", "prompt": rec.name, "output": pred, "extracted": pred,
-                        "reference": truth, "score": float(pred == truth), "answer_nll": float(nll.min()), "tokens": 0})
+    for ex in examples:
+        r = vision_suites.score_by_likelihood(model, vocab, ex, device)
+        records.append({"suite": suite, "id": ex.id, "sample": 0, "prompt": ex.context_text,
+                        "output": ex.choices[r["pred"]], "extracted": str(r["pred"]), "reference": str(ex.answer),
+                        "score": r["score"], "prompt_tokens": 0, "output_tokens": 0})
     return records
 
 
-def summarize(df: pd.DataFrame) -> dict[str, float]:
+# ----------------------------------------------------------------------------------------------
+# summary and report
+
+def summarize(df: pd.DataFrame, cfg: EvalConfig) -> dict[str, float]:
+    """Per suite: accuracy = avg@k (mean over samples, then over examples), n = examples; for
+    HumanEval also the unbiased pass@k for k in {1, samples}."""
     out = {}
     for suite, part in df.groupby("suite"):
-        out[f"{suite}/accuracy"] = float(part["score"].mean())
-        out[f"{suite}/n"] = float(len(part))
-    gsm = df[df.suite == "gsm8k"]
-    if len(gsm):
-        out["gsm8k/answer_nll"] = float(gsm["answer_nll"].mean())
+        per_example = part.groupby("id")["score"].mean()
+        out[f"{suite}/accuracy"] = float(per_example.mean())
+        out[f"{suite}/n"] = float(len(per_example))
+        out[f"{suite}/samples"] = float(cfg.samples_for(suite) if suite in TEXT_SUITES else 1)
+        if suite == "humaneval":
+            counts = part.groupby("id")["score"].agg(["count", "sum"])
+            for kk in sorted({1, cfg.samples_for(suite)}):
+                out[f"{suite}/pass@{kk}"] = float(np.mean([text_suites.pass_at_k(int(n), int(c), kk)
+                                                            for n, c in counts.itertuples(index=False)]))
     return out
 
 
-def report(metrics: dict[str, float], ckpt_uri: str) -> tuple[str, bytes]:
+def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig) -> tuple[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     acc = {k.split("/")[0]: v for k, v in metrics.items() if k.endswith("/accuracy")}
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=80)
-    ax.bar(list(acc), list(acc.values()))
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(acc)), 3.2), dpi=80)
+    colors = ["tab:orange" if s in VISION_SUITES else "tab:blue" for s in acc]
+    ax.bar(list(acc), list(acc.values()), color=colors)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (avg@k)")
+    ax.set_title("blue: benchmarks, orange: vision substitutes (not published benchmarks)", fontsize=8)
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
-    md = f"Checkpoint `{ckpt_uri}`\n\n| metric | value |\n|---|---|\n{rows}\n"
+    rows = []
+    for suite in acc:
+        kind = "vision substitute" if suite in VISION_SUITES else "benchmark"
+        extra = f" (pass@1 {metrics[f'{suite}/pass@1']:.4f})" if f"{suite}/pass@1" in metrics else ""
+        rows.append(f"| {suite} | {kind} | {int(metrics[f'{suite}/n'])} | {int(metrics[f'{suite}/samples'])} | "
+                    f"{metrics[f'{suite}/accuracy']:.4f}{extra} |")
+    settings = f"temperature {cfg.temperature}, top-p {cfg.top_p}, max new tokens {cfg.max_new_tokens}"
+    md = (f"Checkpoint `{ckpt_uri}`; sampling: {settings}\n\n| suite | kind | examples | samples (avg@k) | accuracy |\n"
+          "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     return md, buf.getvalue()
+
+
+def gather(records: list[dict], world: int) -> list[dict]:
+    if world == 1:
+        return records
+    parts = [None] * world
+    dist.all_gather_object(parts, records)
+    return [r for part in parts for r in part]
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    try:
-        cfg = stage_config(args.profile, "evaluation", dict(kv.split("=", 1) for kv in args.overrides))
+    try:  # everything cheap is checked before the process group and the model exist
+        cfg = eval_config(args.profile, dict(kv.split("=", 1) for kv in args.overrides))
         checkpoint.read_manifest(args.checkpoint)
-        problems = read_jsonl(gsm8k_path(args.data_root, "test"))
+        work = load_work(cfg, args.data_root)
     except (ConfigError, checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
         fail(str(e))
     rank, world = init_distributed()
     reporter = Reporter(rank, "evaluation", args.tracking_uri, args.mlflow_run_id)
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     vocab = load_vocab(load_mixture(args.mixture))
-    model = load_model(args.checkpoint, vocab, torch.device("cpu"))
-    mine = [p for i, p in enumerate(problems[: cfg.eval_examples]) if i % world == rank]
-    records = eval_gsm8k(model, vocab, mine, cfg) + eval_digits(model, vocab, cfg.eval_examples * 4, rank, world)
-    gathered = [None] * world
-    if world > 1:
-        dist.all_gather_object(gathered, records)
-    else:
-        gathered = [records]
+    model = load_model(args.checkpoint, vocab, device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
+    records = []
+    for suite, examples in work.items():
+        mine = examples[rank::world]
+        if suite in TEXT_SUITES:
+            records += eval_text_suite(model, vocab, suite, mine, cfg, generator)
+        else:
+            records += eval_vision_suite(model, vocab, suite, mine, device)
+        reporter.log(f"{suite}: {len(mine)} examples scored on rank {rank}")
+    records = gather(records, world)
     if rank == 0:
-        df = pd.DataFrame([r for part in gathered for r in part])
-        metrics = summarize(df)
+        df = pd.DataFrame(records)
+        metrics = summarize(df, cfg)
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
         storage.write_bytes(storage.join(args.out, "records.parquet"), buf.getvalue())
-        md, png = report(metrics, args.checkpoint)
+        md, png = report(metrics, args.checkpoint, cfg)
         storage.write_text(storage.join(args.out, "report.md"), md)
         storage.write_bytes(storage.join(args.out, "accuracy.png"), png)
-        reporter.metrics(0, {k.replace("/", "_"): v for k, v in metrics.items()})
+        reporter.metrics(0, {k.replace("/", "_").replace("@", "_at_"): v for k, v in metrics.items()})
         if reporter.tracker and reporter.run_id:
-            reporter.tracker.client.log_text(reporter.run_id, md, "report.md")
-            reporter.tracker.client.log_text(reporter.run_id, df.to_csv(index=False), "records.csv")
+            client = reporter.tracker.client
+            client.log_text(reporter.run_id, md, "report.md")
+            client.log_image(reporter.run_id, _png_array(png), "accuracy.png")
+            client.log_dict(reporter.run_id, to_dict(cfg), "eval_config.json")
+            client.log_text(reporter.run_id, df.to_csv(index=False), "records.csv")
         chart = f"![accuracy](data:image/png;base64,{base64.b64encode(png).decode()})"
-        digest = storage.sha256_bytes(buf.getvalue())
         reporter.log(md)
         reporter.finish({"report_md": md, "accuracy_chart": chart, "report_uri": args.out,
-                         "evaluated_checkpoint": args.checkpoint, **metrics}, digest)
+                         "records_uri": storage.join(args.out, "records.parquet"),
+                         "evaluated_checkpoint": args.checkpoint, **metrics}, storage.sha256_bytes(buf.getvalue()))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _png_array(png: bytes):
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 if __name__ == "__main__":

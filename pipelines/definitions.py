@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import curated_data, evaluation, joint_pretrain, midtrain, mixture, parl, rl, sft, tokenizer, vit_warmup
+from assets.evaluation import evaluation_job, new_checkpoint_evaluation, nightly_evaluation
 from pipelines.resources import (
     ArtifactStore,
     MlflowTracking,
@@ -25,6 +26,9 @@ def build_definitions(artifact_root: str | None = None, tracking_uri: str | None
     return dg.Definitions(
         assets=dg.load_assets_from_modules(ASSET_MODULES),
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
+        jobs=[evaluation_job],
+        schedules=[nightly_evaluation],
+        sensors=[new_checkpoint_evaluation],
         resources={
             "artifacts": ArtifactStore(root=artifact_root or default_artifact_root()),
             "mlflow": MlflowTracking(tracking_uri=tracking_uri or default_tracking_uri()),

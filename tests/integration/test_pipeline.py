@@ -25,6 +25,10 @@ SMALL_DATA = {
     "tokenizer": {"vocab_size": 600},
 }
 SHORT_TRAIN = {"overrides": {"steps": "6", "checkpoint_every": "3", "log_every": "2"}}
+# Stages trained in phases take per-phase step counts (training/config.py): ViT warm-up is
+# "caption" (6 steps here) then "projector" only (2 steps); mid-training is three context lengths.
+SHORT_VIT = {"overrides": {"phase_steps": "6,2", "checkpoint_every": "3", "log_every": "2"}}
+SHORT_MIDTRAIN = {"overrides": {"phase_steps": "2,1,1"}}
 DATA_ASSETS = ["text_corpus", "image_text_corpus", "video_corpus", "tokenizer", "mixture"]
 
 
@@ -63,7 +67,7 @@ def env(tmp_path_factory):
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
         defs = build_definitions(artifact_root=str(root / "art"), tracking_uri=tracking)
         result = run(defs, instance, DATA_ASSETS + ["vit_warmup", "joint_pretrain"],
-                     {**SMALL_DATA, "vit_warmup": SHORT_TRAIN, "joint_pretrain": SHORT_TRAIN})
+                     {**SMALL_DATA, "vit_warmup": SHORT_VIT, "joint_pretrain": SHORT_TRAIN})
         yield {"root": root, "tracking": tracking, "instance": instance, "defs": defs, "result": result}
     os.environ.clear()
     os.environ.update(saved)
@@ -76,11 +80,12 @@ def test_chained_training_stages_materialize(env):
     vit, joint = latest_metadata(instance, "vit_warmup"), latest_metadata(instance, "joint_pretrain")
     # joint pre-training started from the warm-up's checkpoint, reported through Pipes by rank 0 only
     assert joint["init_from"] == vit["checkpoint_uri"]
-    for md in (vit, joint):
+    for md, steps in ((vit, 2), (joint, 6)):  # the warm-up reports its last phase's checkpoint
         manifest, digest = checkpoint.read_manifest(md["checkpoint_uri"])
         assert md["checkpoint_digest"] == digest
-        assert manifest["world_size"] == 2 and manifest["step"] == 6
-        assert md["loss_last"] < md["loss_first"]
+        assert manifest["world_size"] == 2 and manifest["step"] == steps
+    assert vit["checkpoint_uri"].split("/")[-2] == "phase-1-projector"
+    assert joint["loss_last"] < joint["loss_first"]
     event = instance.get_latest_materialization_event(dg.AssetKey("joint_pretrain"))
     assert event.asset_materialization.tags["dagster/data_version"] == joint["checkpoint_digest"]
     # the loss curve is shown in Dagster (markdown image) and stored in MLflow
@@ -90,6 +95,10 @@ def test_chained_training_stages_materialize(env):
     assert [a.path for a in client.list_artifacts(joint["mlflow_run_id"], "plots")] == ["plots/joint_pretrain_curves.png"]
     losses = client.get_metric_history(joint["mlflow_run_id"], "loss")
     assert [m.step for m in losses] == [2, 4, 6]
+    # the warm-up's two phases are one curve in its MLflow run: steps continue across them
+    vit_losses = client.get_metric_history(vit["mlflow_run_id"], "loss")
+    assert [m.step for m in vit_losses] == [2, 4, 6, 8]
+    assert vit_losses[-1].value < vit_losses[0].value
 
 
 def test_blocking_checks_ran_and_passed(env):
@@ -164,7 +173,7 @@ def test_deleted_upstream_checkpoint_fails(env):
     body = manifest.read_bytes()
     manifest.unlink()
     try:
-        result = run(env["defs"], env["instance"], ["midtrain"], {"midtrain": SHORT_TRAIN})
+        result = run(env["defs"], env["instance"], ["midtrain"], {"midtrain": SHORT_MIDTRAIN})
     finally:
         manifest.write_bytes(body)
     assert not result.success
@@ -203,3 +212,72 @@ def test_program_rejects_bad_input(env, tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+# ---- evaluation: any stage's checkpoint, comparison with the previous one, sensor and schedule
+
+EVAL_SUITES = ("gsm8k", "mmlu", "humaneval", "digits_caption_retrieval")
+EVAL = {"checkpoint_stage": "joint_pretrain",
+        "overrides": {"suites": ",".join(EVAL_SUITES), "limit": "4", "max_new_tokens": "12"}}
+
+
+def test_evaluation_of_a_chosen_stage_is_reported_and_traced(env):
+    instance = env["instance"]
+    joint = latest_metadata(instance, "joint_pretrain")
+    for attempt in range(2):  # the second report compares itself with the first
+        result = run(env["defs"], instance, ["evaluation"], {"evaluation": EVAL})
+        assert result.success, failure_messages(result)
+    md = latest_metadata(instance, "evaluation")
+    assert md["evaluated_stage"] == "joint_pretrain" and md["evaluated_checkpoint"] == joint["checkpoint_uri"]
+    for suite in EVAL_SUITES:
+        assert md[f"{suite}/n"] == 4 and 0.0 <= md[f"{suite}/accuracy"] <= 1.0
+    assert "| humaneval | benchmark | 4 |" in md["report_md"]
+    assert md["accuracy_chart"].startswith("![accuracy](data:image/png;base64,")
+    assert "| gsm8k/accuracy |" in md["comparison"] and "n/a" not in md["comparison"].split("| gsm8k/accuracy |")[1].split("\n")[0]
+    import pandas as pd
+
+    records = pd.read_parquet(md["records_uri"])
+    assert sorted(records.suite.unique()) == sorted(EVAL_SUITES) and len(records) == 16
+    assert {"prompt", "output", "extracted", "score", "output_tokens"} <= set(records.columns)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"report_written": True, "every_suite_scored": True}
+    # lineage: the evaluation run takes the joint_pretrain LoggedModel as its input
+    node = lineage.resolve(MlflowClient(env["tracking"]), "k25", "evaluation")
+    assert [p.stage for p in node.parents if p.kind == "model"] == ["joint_pretrain"]
+
+
+def test_sensor_requests_each_new_checkpoint_once(env):
+    from assets.evaluation import new_checkpoint_evaluation, new_checkpoint_requests
+
+    instance = env["instance"]
+    requests, cursor = new_checkpoint_requests(instance, {}, ("vit_warmup", "joint_pretrain"))
+    by_stage = {r.tags["k25/evaluated_stage"]: r for r in requests}
+    assert set(by_stage) == {"vit_warmup", "joint_pretrain"}
+    pinned = by_stage["joint_pretrain"].run_config["ops"]["evaluation"]["config"]
+    assert pinned["checkpoint_uri"] == latest_metadata(instance, "joint_pretrain")["checkpoint_uri"]
+    assert by_stage["joint_pretrain"].run_key.endswith(latest_metadata(instance, "joint_pretrain")["checkpoint_digest"])
+    assert new_checkpoint_requests(instance, cursor, ("vit_warmup", "joint_pretrain"))[0] == []
+    # the sensor itself, with the default watched stages (midtrain, sft, rl, parl: none materialized here)
+    context = dg.build_sensor_context(instance=instance)
+    assert isinstance(new_checkpoint_evaluation(context), dg.SkipReason)
+
+
+def test_nightly_schedule_evaluates_the_newest_checkpoint(env):
+    from assets.evaluation import latest_trained_stage
+
+    schedule = env["defs"].resolve_schedule_def("nightly_evaluation")
+    assert schedule.cron_schedule == "0 3 * * *"
+    assert latest_trained_stage(env["instance"]) == "joint_pretrain"
+    context = dg.build_schedule_context(instance=env["instance"])
+    run_config = schedule.evaluate_tick(context).run_requests[0].run_config
+    assert run_config["ops"]["evaluation"]["config"]["checkpoint_stage"] == "latest"
+
+
+def test_missing_evaluation_data_fails_before_launch(env, tmp_path):
+    os.environ["K25_DATA_ROOT"] = str(tmp_path / "nowhere")
+    try:
+        result = run(env["defs"], env["instance"], ["evaluation"], {"evaluation": EVAL})
+    finally:
+        os.environ["K25_DATA_ROOT"] = str(DATA_ROOT)
+    assert not result.success
+    assert str(tmp_path / "nowhere") in failure_messages(result)

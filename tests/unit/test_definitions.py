@@ -61,3 +61,31 @@ def test_training_stages_share_gpu_pool_and_have_checkpoint_checks(tmp_path):
         assert assets_def.op.pool == "gpu", name
         names = {k.name for k in graph.asset_check_keys if k.asset_key.to_user_string() == name}
         assert names == {"checkpoint_manifest_present", "loss_is_finite"}, name
+
+
+def test_evaluation_schedule_and_sensor_are_defined_and_start_stopped(tmp_path):
+    defs, _ = _graph(tmp_path)
+    schedule = defs.resolve_schedule_def("nightly_evaluation")
+    sensor = defs.resolve_sensor_def("new_checkpoint_evaluation")
+    assert schedule.job_name == sensor.job_name == "evaluation_job"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert [k.to_user_string() for k in defs.resolve_job_def("evaluation_job").asset_layer.selected_asset_keys] == [
+        "evaluation"]
+
+
+def test_evaluation_config_rejects_bad_values():
+    import pytest
+
+    from evaluation.config import eval_config
+    from training.config import ConfigError
+
+    assert eval_config("tiny", {"suites": "gsm8k,mmlu"}).suites == ("gsm8k", "mmlu")
+    assert eval_config("k25").samples_for("aime25") == 32 and eval_config("k25").top_p == 0.95
+    for overrides, message in [({"suites": "gsm8k,imagenet"}, "unknown: ['imagenet']"),
+                               ({"samples_per_suite": "aime25=4"}, "'suite:k'"),
+                               ({"top_p": "0"}, "top_p must be in (0, 1]"),
+                               ({"limt": "3"}, "unknown override 'limt'")]:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace("]", r"\]")
+                           .replace(")", r"\)")):
+            eval_config("tiny", overrides)
