@@ -66,6 +66,11 @@ class StageConfig:
     # token dispatch (RECIPE.md §4.1 uses EP16); 1 = every rank holds every expert.
     expert_parallel: int = 1
     grad_clip: float = 1.0
+    # ViT warm-up: weight of the SigLIP-style contrastive loss added to the caption loss (0 = off),
+    # with SigLIP's fixed temperature and bias ([not stated] for K2.5; training/siglip.py)
+    siglip_weight: float = 0.0
+    siglip_temperature: float = 10.0
+    siglip_bias: float = -10.0
     trainable: tuple[str, ...] = MODULE_GROUPS
     sources: tuple[str, ...] = ("text", "image_text", "video")
     vision_ratio: float = 0.1  # vision share of tokens; 10:90 from step 0 = early fusion
@@ -141,6 +146,12 @@ class StageConfig:
                               ("expert_parallel>1", self.expert_parallel > 1)):
                 if bad:
                     errors.append(f"zero_stage=1 cannot be combined with {name}; use zero_stage=0 for it")
+        if not self.siglip_weight >= 0:
+            errors.append(f"siglip_weight must be >= 0 (got {self.siglip_weight})")
+        elif self.siglip_weight > 0 and self.dep:
+            errors.append("siglip_weight > 0 needs the plain forward (dep=false): DEP runs its own backward")
+        if not self.siglip_temperature > 0:
+            errors.append(f"siglip_temperature must be > 0 (got {self.siglip_temperature})")
         if self.expert_parallel < 1:
             errors.append(f"expert_parallel must be >= 1 (got {self.expert_parallel})")
         if self.optimizer not in ("adamw", "muonclip"):

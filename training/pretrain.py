@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 
 from infra import storage
-from model.multimodal import mean_token_loss
+from model.multimodal import mean_token_loss, token_cross_entropy
 from training import checkpoint
 from training.config import ConfigError, StageConfig, stage_config
 from training.data import MODALITY_NAMES
@@ -48,6 +48,7 @@ from training.dep import dep_loss_and_backward
 from training.engine import Engine, RunArgs, parse_args
 from training.loader import LoaderStateError, StreamingLoader
 from training.reporting import Reporter, fail, rank_env
+from training.siglip import siglip_loss
 
 STAGES = ("vit_warmup", "joint_pretrain", "midtrain")
 
@@ -74,6 +75,17 @@ def modality_metrics(sums: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def caption_and_siglip_losses(engine: Engine, tokens, targets, batch):
+    """Per-position caption loss and the SigLIP loss from one embedding pass: the spliced input
+    embeddings give both the image side (the item's vision tokens) and the text side (its caption)."""
+    model, vocab = engine.model, engine.vocab
+    h = model.embed(tokens, batch.vision_items)
+    logits = model.backbone.forward_embeddings(h, batch.attn_mask.to(tokens.device), None, None)
+    contrastive = siglip_loss(h, tokens, vocab.media_pad, vocab.media_end, vocab.eos,
+                              engine.cfg.siglip_temperature, engine.cfg.siglip_bias)
+    return token_cross_entropy(logits, targets), contrastive
+
+
 def train(engine: Engine) -> None:
     """The training loop of one engine on the streaming loader: a whole stage, or one phase."""
     cfg = engine.cfg
@@ -98,11 +110,18 @@ def train(engine: Engine) -> None:
             loss = dep_loss_and_backward(engine.model, tokens, targets, b.attn_mask.to(device), b.vision_items,
                                          stats=stats)
             token_loss = stats["token_loss"]
+        elif cfg.siglip_weight > 0:
+            token_loss, contrastive = caption_and_siglip_losses(engine, tokens, targets, b)
+            loss = mean_token_loss(token_loss, targets)
+            if contrastive is not None:
+                loss = loss + cfg.siglip_weight * contrastive
         else:
             token_loss = engine.model.token_losses(tokens, targets, b.vision_items, b.attn_mask.to(device))
             loss = mean_token_loss(token_loss, targets)
         total = b.text_tokens + b.vision_tokens
         metrics = {"vision_token_ratio": b.vision_tokens / max(1, total)}
+        if cfg.siglip_weight > 0 and not use_dep and contrastive is not None:
+            metrics["loss_siglip"] = float(contrastive)  # this rank's batch (pairs never cross ranks)
         if b.modality is not None:  # every rank has it (same loader), so the all-reduce is collective
             sums = modality_loss_sums(token_loss, targets, b.modality)
             if distributed:

@@ -3,6 +3,8 @@ checkpoints with the phase's context length and YaRN factor, the init_from chain
 curve across phases, resume that skips finished phases and continues the one in progress bit for
 bit, and a projector-only phase that leaves every other weight bitwise unchanged."""
 
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -92,8 +94,11 @@ def test_resume_must_fails_without_any_phase_checkpoint(mixture, tmp_path):
 
 def test_projector_phase_changes_only_the_projector(mixture, tmp_path):
     run_dir = tmp_path / "vit"
-    launch(mixture, run_dir, "--stage", "vit_warmup", "--profile", "tiny", "--set", "phase_steps=2,3",
-           "--set", "checkpoint_every=5", "--set", "log_every=1")
+    log = launch(mixture, run_dir, "--stage", "vit_warmup", "--profile", "tiny", "--set", "phase_steps=2,3",
+                 "--set", "checkpoint_every=5", "--set", "log_every=1", "--set", "caption.siglip_weight=0.5")
+    # the caption phase adds the SigLIP-style loss (config per phase); the projector phase does not
+    siglip = [float(x) for x in re.findall(r"loss_siglip (\S+)", log)]
+    assert len(siglip) == 2 and all(math.isfinite(x) and x > 0 for x in siglip), log[-3000:]
     caption_uri = checkpoint.latest(str(run_dir / "phase-0-caption"))
     projector_uri = checkpoint.latest(str(run_dir / "phase-1-projector"))
     manifest, _ = checkpoint.read_manifest(projector_uri)
