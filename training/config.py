@@ -59,8 +59,9 @@ class StageConfig:
     optimizer: str = "adamw"  # "adamw", or "muonclip" (Muon + RMS matching + per-head QK-Clip, RECIPE.md §1.5)
     qk_clip_tau: float = 100.0  # QK-Clip threshold on the max attention logit per head (K2: 100)
     dep: bool = False  # Decoupled Encoder Process: balanced ViT forward / recompute across ranks (§4.2)
-    # Data parallelism: 0 = replicated optimizer, gradients all-reduced by the engine; 1 = DeepSpeed
-    # ZeRO-1 (optimizer state and fp32 master weights partitioned over the ranks; bf16 on GPU).
+    # Data parallelism: 0 = replicated optimizer, gradients all-reduced by the engine; 1 = ZeRO-1:
+    # DeepSpeed's for AdamW (optimizer state and fp32 masters partitioned; bf16 on GPU), for MuonClip
+    # the optimizer state sharded by whole matrices (training/zero.py).
     zero_stage: int = 0
     # Expert parallelism: routed experts sharded over groups of this many ranks with all-to-all
     # token dispatch (RECIPE.md §4.1 uses EP16); 1 = every rank holds every expert.
@@ -139,10 +140,10 @@ class StageConfig:
         if self.zero_stage not in (0, 1):
             errors.append(f"zero_stage must be 0 or 1 (got {self.zero_stage})")
         elif self.zero_stage == 1:
-            # ZeRO-1 partitions flattened parameters: MuonClip needs whole matrices and its QK-Clip
-            # rewrites weights after the step (DeepSpeed's fp32 master copies would not see it); our
-            # EP and DEP paths run their own collective backward and gradient sync.
-            for name, bad in (("optimizer=muonclip", self.optimizer == "muonclip"), ("dep=true", self.dep),
+            # AdamW stages use DeepSpeed ZeRO-1, which owns the backward: not with our DEP path.
+            # MuonClip shards its state by whole matrices (training/zero.py ShardedOptimizer).
+            # Expert shards differ per rank, so their optimizer state cannot be partitioned again.
+            for name, bad in (("dep=true (with optimizer=adamw)", self.dep and self.optimizer == "adamw"),
                               ("expert_parallel>1", self.expert_parallel > 1)):
                 if bad:
                     errors.append(f"zero_stage=1 cannot be combined with {name}; use zero_stage=0 for it")

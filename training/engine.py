@@ -37,7 +37,7 @@ from training.expert_parallel import ExpertParallelMoE, apply_expert_parallel, g
 from training.expert_parallel import grad_norm as ep_grad_norm
 from training.muonclip import MuonClip, enable_max_logit_recording, muon_param_groups, qk_clip, read_max_logits
 from training.reporting import Reporter, Throughput, fail, rank_env
-from training.zero import check_resumable, load_partition, wrap_zero1
+from training.zero import ShardedOptimizer, check_resumable, load_partition, wrap_zero1
 
 
 @dataclass
@@ -141,7 +141,7 @@ class Engine:
         self.trainable = self._select_trainable()
         self.optimizer = self._build_optimizer()
         self.ds_engine = None
-        if self.cfg.zero_stage == 1:
+        if self.cfg.zero_stage == 1 and self.cfg.optimizer == "adamw":
             self.ds_engine, self.optimizer = wrap_zero1(self.model, self.optimizer, self.cfg)
         self.step = 0
         self.loader_state: dict = {}
@@ -199,7 +199,10 @@ class Engine:
     def _build_optimizer(self) -> torch.optim.Optimizer:
         if self.cfg.optimizer == "muonclip":
             enable_max_logit_recording(self.model)  # QK-Clip needs each head's max logit
-            return MuonClip(muon_param_groups(self.model, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay))
+            groups = muon_param_groups(self.model, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            if self.cfg.zero_stage == 1:  # optimizer state sharded by whole matrices (training/zero.py)
+                return ShardedOptimizer(MuonClip, groups, self.rank, self.world)
+            return MuonClip(groups)
         decay = [p for p in self.trainable if p.dim() >= 2]
         no_decay = [p for p in self.trainable if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-1 for the engine (`zero_stage=1`).
+"""ZeRO-1 for the engine (`zero_stage=1`): DeepSpeed's for AdamW, `ShardedOptimizer` for MuonClip.
 
 ZeRO-1 partitions the optimizer state and the fp32 master weights over the data-parallel ranks;
 gradients are averaged over all ranks and each rank updates only its partition, then the updated
@@ -70,3 +70,84 @@ def load_partition(zero_opt, state: dict, dp_rank: int, world: int) -> None:
     states = [None] * world
     states[dp_rank] = state  # rigid checkpoints read only the current rank's entry
     zero_opt.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
+
+
+class ShardedOptimizer:
+    """ZeRO-1 by whole tensors, for optimizers that need full matrices (MuonClip).
+
+    DeepSpeed's ZeRO-1 partitions one flat buffer, which splits matrices across ranks; Muon's
+    Newton-Schulz orthogonalisation needs each matrix whole. Here every parameter has one owner rank
+    (largest tensors first, each to the least-loaded rank), the wrapped optimizer holds state only for
+    the owned parameters, and after each step every owner broadcasts its updated parameters. The
+    gradients are the engine's usual all-reduced ones, so each update is exactly what the replicated
+    optimizer computes: the trained weights are bitwise equal, at 1/world of the optimizer memory
+    (the distributed Muon of Moonlight/K2 works the same way).
+    """
+
+    def __init__(self, make_optimizer, param_groups: list[dict], rank: int, world: int):
+        self.rank, self.world = rank, world
+        params = [p for g in param_groups for p in g["params"]]
+        self.owned_by = self._assign(params, world)
+        owner = {id(p): r for r, ps in enumerate(self.owned_by) for p in ps}
+        mine = []
+        for g in param_groups:
+            keep = [i for i, p in enumerate(g["params"]) if owner[id(p)] == rank]
+            if keep:
+                group = {**g, "params": [g["params"][i] for i in keep]}
+                if "names" in g:
+                    group["names"] = [g["names"][i] for i in keep]
+                mine.append(group)
+        # a rank that owns nothing still steps (and broadcasts nothing): an empty inner optimizer
+        self.inner = make_optimizer(mine) if mine else None
+        self._lr_groups = mine or [{"lr": param_groups[0].get("lr", 0.0)}]
+
+    @staticmethod
+    def _assign(params: list[torch.Tensor], world: int) -> list[list[torch.Tensor]]:
+        owned: list[list[torch.Tensor]] = [[] for _ in range(world)]
+        load = [0] * world
+        for i in sorted(range(len(params)), key=lambda i: (-params[i].numel(), i)):  # deterministic on all ranks
+            r = min(range(world), key=lambda r: (load[r], r))
+            owned[r].append(params[i])
+            load[r] += params[i].numel()
+        for r in range(world):  # keep model order within a rank (the broadcast order)
+            order = {id(p): i for i, p in enumerate(params)}
+            owned[r].sort(key=lambda p: order[id(p)])
+        return owned
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.inner.param_groups if self.inner is not None else self._lr_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for ps in self.owned_by:
+            for p in ps:
+                p.grad = None if set_to_none else (p.grad.zero_() if p.grad is not None else None)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        import torch.distributed as dist
+
+        if self.inner is not None:
+            self.inner.step()
+        if self.world == 1:
+            return
+        for src, ps in enumerate(self.owned_by):  # one coalesced broadcast per owner
+            if not ps:
+                continue
+            flat = torch.cat([p.detach().reshape(-1) for p in ps])
+            dist.broadcast(flat, src=src)
+            if src != self.rank:
+                offset = 0
+                for p in ps:
+                    p.copy_(flat[offset:offset + p.numel()].view_as(p))
+                    offset += p.numel()
+
+    def state_dict(self) -> dict:
+        return {"world": self.world, "rank": self.rank,
+                "inner": self.inner.state_dict() if self.inner is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("world") != self.world:
+            raise ValueError(f"optimizer shard saved by {state.get('world')} ranks, this run has {self.world}")
+        if self.inner is not None:
+            self.inner.load_state_dict(state["inner"])

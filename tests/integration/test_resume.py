@@ -49,6 +49,8 @@ ENGINES = {
     "muonclip_dep": ("--set", "optimizer=muonclip", "--set", "dep=true", "--set", "qk_clip_tau=1.5"),
     # DeepSpeed ZeRO-1: each rank saves and restores its optimizer partition and fp32 masters
     "zero1": ("--set", "optimizer=adamw", "--set", "zero_stage=1"),
+    # MuonClip with its state sharded by whole matrices (and DEP, and QK-Clip firing)
+    "zero1_muonclip_dep": ("--set", "zero_stage=1", "--set", "dep=true", "--set", "qk_clip_tau=1.5"),
     # experts sharded over the 2 ranks: sharded optimizer state per rank, full weights in the checkpoint
     "expert_parallel": ("--set", "expert_parallel=2"),
 }
@@ -170,3 +172,19 @@ def test_zero1_and_expert_parallel_train_the_same_model_as_plain_data_parallel(m
         print(name, "max |w - w_plain| =", worst)
         # 3 Adam steps move weights by ~1e-3; a mode that skipped or mis-scaled updates would differ by that much
         assert worst < 1e-4, (name, worst)
+
+
+def test_sharded_muonclip_trains_bitwise_like_replicated_muonclip(mixture_uri, tmp_path):
+    """ZeRO-1 for MuonClip: each rank updates only the matrices it owns, then broadcasts them; the
+    updates are the replicated optimizer's own, so the weights are bitwise equal, and each rank's
+    optimizer state holds only its share."""
+    steps = ("--set", "steps=3", "--set", "checkpoint_every=3", "--set", "num_workers=0", "--set", "qk_clip_tau=1.5")
+    train(mixture_uri, tmp_path / "plain", *steps)
+    train(mixture_uri, tmp_path / "sharded", *steps, "--set", "zero_stage=1")
+    plain = checkpoint.load(checkpoint.latest(str(tmp_path / "plain")), names=("model", "optim"))
+    sharded_uri = checkpoint.latest(str(tmp_path / "sharded"))
+    sharded = checkpoint.load(sharded_uri, names=("model",))["model"]
+    assert [k for k in plain["model"] if not torch.equal(plain["model"][k], sharded[k])] == []
+    full_state = len(plain["optim"]["state"])
+    shares = [len(checkpoint.load(sharded_uri, rank=r, names=("optim",))["optim"]["inner"]["state"]) for r in (0, 1)]
+    assert sum(shares) == full_state and min(shares) > 0, (shares, full_state)
