@@ -46,6 +46,7 @@ def _tensor_bytes(obj) -> int:
 
 
 def _variant(name: str, rank: int, world: int, a) -> tuple[float, int]:
+    from benchmarks.bench_dep import _all_reduce as average_gradients
     from model.config import model_preset
     from model.multimodal import K25Model
     from training.config import StageConfig
@@ -78,13 +79,7 @@ def _variant(name: str, rank: int, world: int, a) -> tuple[float, int]:
             ds.step()
         else:
             loss.backward()
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-            dist.all_reduce(flat)
-            flat /= world
-            off = 0
-            for p in params:
-                p.grad = flat[off:off + p.numel()].view_as(p).clone()
-                off += p.numel()
+            average_gradients(params, world)  # the engine's plain data-parallel sync
             opt.step()
         t = torch.tensor([time.perf_counter() - t0])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
