@@ -120,3 +120,16 @@ def postgres_url(postgres_db_factory):
     a URL for psycopg2.connect. The plain `postgresql://` form (psycopg 3) is tested in
     test_postgres.py as well."""
     return helpers.postgres_url_for(postgres_db_factory("k25_test"))
+
+
+# ----------------------------------------------------------------------------------------------
+# tiny curated data (real sources, small): one build per session for the loader tests
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(mixture manifest, Vocab) of a small curated data set with its tokenizer."""
+    from training.data import load_mixture, load_vocab
+
+    data = helpers.build_tiny_data(str(tmp_path_factory.mktemp("tiny-data")))
+    mixture = load_mixture(data.mixture_uri)
+    return mixture, load_vocab(mixture)

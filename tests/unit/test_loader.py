@@ -5,25 +5,16 @@ tests/integration/test_loader_resume.py."""
 
 import io
 
-import helpers
 import pytest
 import torch
 
 from curation.shards import save_curated_set, text_sample, write_shards
 from model.vision import vision_token_count
 from training.config import ConfigError, stage_config
-from training.data import load_mixture, load_vocab
 from training.loader import LoaderStateError, SourceSpec, SourceStream, StreamingLoader, source_specs
 
 ALL = ("text", "image_text", "video")
 SEQ_LEN, BATCH = 128, 4
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    data = helpers.build_tiny_data(str(tmp_path_factory.mktemp("stream-data")))
-    mixture = load_mixture(data.mixture_uri)
-    return mixture, load_vocab(mixture)
 
 
 def make(tiny, rank=0, size=2, workers=2, state=None, **kw):

@@ -2,25 +2,17 @@
 sample or padding; pretrain's `loss_text` / `loss_vision` equal a direct cross-entropy over those
 targets, from the same forward's per-position losses (also on the DEP path)."""
 
-import helpers
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model.config import model_preset
 from model.multimodal import K25Model, mean_token_loss
-from training.data import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISION, load_mixture, load_vocab
+from training.data import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISION
 from training.loader import StreamingLoader
 from training.pretrain import modality_loss_sums, modality_metrics
 
 SEQ_LEN, BATCH = 128, 4
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    data = helpers.build_tiny_data(str(tmp_path_factory.mktemp("modality-data")))
-    mixture = load_mixture(data.mixture_uri)
-    return mixture, load_vocab(mixture)
 
 
 def batches(tiny, n, **kw):
