@@ -109,9 +109,9 @@ class ShardedOptimizer:
             r = min(range(world), key=lambda r: (load[r], r))
             owned[r].append(params[i])
             load[r] += params[i].numel()
-        for r in range(world):  # keep model order within a rank (the broadcast order)
-            order = {id(p): i for i, p in enumerate(params)}
-            owned[r].sort(key=lambda p: order[id(p)])
+        order = {id(p): i for i, p in enumerate(params)}
+        for ps in owned:  # keep model order within a rank (the broadcast order)
+            ps.sort(key=lambda p: order[id(p)])
         return owned
 
     @property
@@ -121,7 +121,10 @@ class ShardedOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         for ps in self.owned_by:
             for p in ps:
-                p.grad = None if set_to_none else (p.grad.zero_() if p.grad is not None else None)
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
 
     @torch.no_grad()
     def step(self) -> None:
