@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from model.vision import vision_token_count
+
 VOCAB, MEDIA_PAD = 512, 5
 
 
@@ -41,14 +43,14 @@ def _batch(rank: int, a, shapes: list[tuple[int, ...]], with_media: bool):
     g = torch.Generator().manual_seed(rank)
     tokens = torch.randint(MEDIA_PAD + 1, VOCAB, (a.batch, a.seq), generator=g)
     items = [torch.randint(0, 256, sh, dtype=torch.uint8, generator=g) for sh in shapes] if with_media else []
-    n_media = sum((sh[-3] // 28) * (sh[-2] // 28) for sh in shapes) if with_media else 0
+    n_media = sum(vision_token_count(sh[-3], sh[-2]) for sh in shapes) if with_media else 0
     flat = tokens.view(-1)
     if n_media > flat.numel() // 2:
         raise SystemExit(f"{n_media} media tokens do not fit a {a.batch}x{a.seq} batch with text")
     # spread placeholders: one block per item, evenly over the batch
     step = flat.numel() // max(1, len(items))
     for k, sh in enumerate(shapes if with_media else []):
-        n = (sh[-3] // 28) * (sh[-2] // 28)
+        n = vision_token_count(sh[-3], sh[-2])
         flat[k * step + 1:k * step + 1 + n] = MEDIA_PAD
     targets = torch.roll(tokens, -1, dims=1)
     targets[tokens == MEDIA_PAD] = -100

@@ -33,10 +33,10 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import helpers
+    from training.config import stage_config
 
     from model.config import model_preset
     from model.multimodal import K25Model
-    from training.config import stage_config
     from training.data import load_mixture, load_vocab
     from training.loader import StreamingLoader
 

@@ -46,10 +46,11 @@ def _tensor_bytes(obj) -> int:
 
 
 def _variant(name: str, rank: int, world: int, a) -> tuple[float, int]:
+    from training.config import StageConfig
+
     from benchmarks.bench_dep import _all_reduce as average_gradients
     from model.config import model_preset
     from model.multimodal import K25Model
-    from training.config import StageConfig
     from training.muonclip import MuonClip, muon_param_groups
     from training.zero import ShardedOptimizer, wrap_zero1
 

@@ -28,7 +28,7 @@ from PIL import Image
 from curation import sources
 from curation.quarantine import Quarantine, Reject
 from curation.shards import CuratedSet, image_sample, save_curated_set, write_shards
-from model.vision import navit_resize_size
+from model.vision import navit_resize_size, vision_token_count
 
 # MoonViT cuts 14x14 patches and merges 2x2 of them into one token, so a side must be a
 # multiple of 28 for the image to map onto whole vision tokens.
@@ -192,7 +192,7 @@ def curate_image_text(out_uri: str, cfg: ImageCurationConfig,
             seen.add(digest)
             key = f"{rec.source}-{per_source[rec.source]:07d}"
             per_source[rec.source] += 1
-            tokens["vision_tokens"] += (image.shape[0] // VISION_TOKEN_PIXELS) * (image.shape[1] // VISION_TOKEN_PIXELS)
+            tokens["vision_tokens"] += vision_token_count(image.shape[0], image.shape[1])
             yield image_sample(key, rec.source, image, caption, rec.name, target=rec.target)
 
     try:

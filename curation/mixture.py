@@ -15,9 +15,9 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.image_text import VISION_TOKEN_PIXELS
 from curation.shards import CuratedSet, iter_samples, read_manifest
-from curation.tokenizer import TokenizerArtifact, load_tokenizer
+from curation.tokenizer import load_tokenizer
+from infra.refs import TokenizerRef
 from infra import storage
 
 VISION_MODALITIES = ("image_text", "video")
@@ -25,17 +25,11 @@ MIXTURE_FILE = "mixture.json"
 TOKEN_COUNTS_FILE = "token_counts.parquet"  # per sample: text and vision tokens under the mixture's tokenizer
 
 
-def vision_tokens(shape: list[int]) -> int:
-    """Tokens for one image [H, W, 3] or one 4-frame chunk [4, H, W, 3]: one per 28x28 block
-    (14x14 patches merged 2x2; the 4 frames of a chunk are pooled over time into one map)."""
-    h, w = shape[-3], shape[-2]
-    return (h // VISION_TOKEN_PIXELS) * (w // VISION_TOKEN_PIXELS)
-
-
 def token_counts(curated: CuratedSet, tokenizer) -> list[dict]:
-    """Per sample: text tokens (document or caption) and vision tokens (from the manifest shape)."""
+    """Per sample: text tokens (document or caption) and vision tokens (the manifest's count, from
+    model.vision.vision_token_count when the shard was written)."""
     manifest = read_manifest(curated.uri).to_pylist()
-    vision = {row["key"]: vision_tokens(row["shape"]) if row["shape"] else 0 for row in manifest}
+    vision = {row["key"]: int(row["vision_tokens"]) for row in manifest}
     rows = []
     for sample in iter_samples(curated.uri):
         text = sample["text"] if curated.modality == "text" else sample["caption"]
@@ -56,18 +50,14 @@ def canonical_digest(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerArtifact, out_uri: str,
-                  vision_ratio: float = 0.1) -> dict:
-    """Write `out_uri/mixture.json` and return it. `vision_ratio` is the target share of vision
-    tokens among all tokens; each source's `token_share` is its part of that target."""
-    if not 0.0 <= vision_ratio < 1.0:
-        raise ValueError(f"vision_ratio must be in [0, 1), got {vision_ratio}")
+def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerRef, out_uri: str) -> dict:
+    """Write `out_uri/mixture.json` and return it. Each source's `token_share` is its share of
+    its modality group's tokens (text, or vision); the vision:text ratio itself belongs to each
+    training stage (`data.vision_ratio` of its spec), so one mixture serves every stage."""
     text_sets = {n: s for n, s in sets.items() if s.modality == "text"}
     vision_sets = {n: s for n, s in sets.items() if s.modality in VISION_MODALITIES}
     if not text_sets or all(s.num_samples == 0 for s in text_sets.values()):
         raise ValueError("the mixture needs at least one non-empty text source")
-    if vision_ratio > 0 and sum(s.num_samples for s in vision_sets.values()) == 0:
-        raise ValueError(f"vision_ratio={vision_ratio} but no non-empty image_text or video source was given")
 
     tok = load_tokenizer(tokenizer.uri)
     per_sample = {name: token_counts(s, tok) for name, s in sorted(sets.items())}
@@ -82,8 +72,7 @@ def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerArtifact, out
 
     sources = {}
     for name, s in sorted(sets.items()):
-        is_vision = name in vision_sets
-        group_share, group_total = (vision_ratio, vision_total) if is_vision else (1 - vision_ratio, text_total)
+        group_total = vision_total if name in vision_sets else text_total
         sources[name] = {
             "modality": s.modality,
             "uri": s.uri,
@@ -92,12 +81,11 @@ def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerArtifact, out
             "num_samples": s.num_samples,
             "tokens": tokens[name],
             # Within a group, sources are weighted by their size in tokens.
-            "token_share": group_share * tokens[name] / group_total if group_total else 0.0,
+            "token_share": tokens[name] / group_total if group_total else 0.0,
         }
     mixture = {
         "sources": sources,
         "tokenizer": {"uri": tokenizer.uri, "digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size},
-        "vision_ratio": vision_ratio,
         "tokens": {"text": text_total, "vision": vision_total},
         "token_counts_digest": storage.sha256_bytes(buf.getvalue()),
     }
@@ -105,3 +93,16 @@ def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerArtifact, out
     mixture["token_counts_uri"] = counts_uri
     storage.write_text(storage.join(out_uri, MIXTURE_FILE), json.dumps(mixture, indent=2, sort_keys=True))
     return mixture
+
+
+def mixture_file(uri: str) -> str:
+    """The mixture.json URI of a mixture folder or file."""
+    return uri if uri.endswith(".json") else storage.join(uri, MIXTURE_FILE)
+
+
+def read_mixture(uri: str) -> dict:
+    """The mixture manifest at `uri` (a folder or mixture.json); the one reader of the file."""
+    path = mixture_file(uri)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"mixture manifest not found at {path}")
+    return json.loads(storage.read_text(path))

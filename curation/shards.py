@@ -13,9 +13,12 @@ from listing the folder, so stale shards from an older run cannot leak in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import os
+import re
 import tarfile
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -262,50 +265,72 @@ def read_manifest(set_uri: str):
 # Reading
 
 def iter_samples(set_uri: str) -> Iterator[dict]:
-    """Decoded samples of a curated set, in shard order. Works for local folders and s3:// URIs:
-    S3 shards are downloaded one at a time into a temporary cache that is removed afterwards."""
+    """Decoded samples of a curated set, in shard order, streamed (local folders and s3:// URIs)."""
     curated = CuratedSet.load(set_uri)
-    with tempfile.TemporaryDirectory(prefix="shard-cache-") as cache:
-        for name in curated.shards:
-            uri = storage.join(set_uri, name)
-            path = storage.local_copy(uri, cache)
-            for key, fields in _tar_samples(path):
-                yield _decode(curated.modality, key, fields)
-            if storage.is_s3(uri):
-                path.unlink()
+    for name in curated.shards:
+        for key, fields in tar_groups(storage.join(set_uri, name)):
+            yield decode_sample(curated.modality, key, fields)
 
 
-def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Group consecutive tar members by key, as WebDataset does (key = name before the first dot).
-    Plain tarfile keeps this reader free of WebDataset's node/worker splitting rules."""
-    key, fields = None, {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            member_key, ext = member.name.split(".", 1)
-            if member_key != key and fields:
-                yield key, fields
-                fields = {}
-            key = member_key
-            fields[ext] = tar.extractfile(member).read()
-    if fields:
-        yield key, fields
+# WebDataset's member rule: the key is the path up to the basename's first dot, the rest the field.
+WDS_MEMBER = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 
 
-def _decode(modality: str, key: str, fields: dict[str, bytes]) -> dict:
+@functools.lru_cache(maxsize=4)
+def _s3_client(pid: int):
+    import boto3
+
+    return boto3.client("s3")  # one per process: never share a client across a fork
+
+
+def open_stream(uri: str):
+    """A sequential binary stream of the object: a local file, or an S3 GetObject body."""
+    if storage.is_s3(uri):
+        bucket, key = storage._split_s3(uri)
+        return _s3_client(os.getpid()).get_object(Bucket=bucket, Key=key)["Body"]
+    return open(storage.local_path(uri), "rb")
+
+
+def tar_groups(uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {field: bytes}) per sample of a WebDataset tar, streamed without seeks: the one shard
+    reader of curation (our shards and users' WebDataset sources) and the training loader. Plain
+    tarfile keeps it free of WebDataset's node/worker splitting rules; members that do not follow
+    the naming rule (no field) are skipped. Tar errors propagate after the samples before them."""
+    stream = open_stream(uri)
+    try:
+        key, fields = None, {}
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                match = WDS_MEMBER.match(member.name) if member.isfile() else None
+                if match is None:
+                    continue
+                member_key, ext = match.groups()
+                if member_key != key and fields:
+                    yield key, fields
+                    fields = {}
+                key = member_key
+                fields[ext.lower()] = tar.extractfile(member).read()
+        if fields:
+            yield key, fields
+    finally:
+        stream.close()
+
+
+def decode_sample(modality: str, key: str, fields: dict[str, bytes]) -> dict:
+    """One sample of our shards as arrays: `pixels` is the image [H, W, 3] or the chunk [T, H, W, 3]."""
     meta = json.loads(fields["json"])
     if modality == "text":
         return {"key": key, "source": meta["source"], "text": fields["txt"].decode("utf-8")}
     caption = fields["txt"].decode("utf-8")
     if modality == "image_text":
         image = np.asarray(Image.open(io.BytesIO(fields["png"])).convert("RGB"), dtype=np.uint8)
-        out = {"key": key, "source": meta["source"], "image": image, "caption": caption}
+        out = {"key": key, "source": meta["source"], "image": image, "pixels": image, "caption": caption,
+               "timestamp": None}
         if "target.json" in fields:
             out["target"] = json.loads(fields["target.json"])["target"]
         return out
     if modality == "video":
         frames = np.load(io.BytesIO(fields["npy"]), allow_pickle=False)
-        return {"key": key, "source": meta["source"], "frames": frames, "caption": caption,
+        return {"key": key, "source": meta["source"], "frames": frames, "pixels": frames, "caption": caption,
                 "timestamp": meta["timestamp"]}
     raise ValueError(f"unknown modality {modality!r}")

@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from curation.quarantine import Reject
+from curation.shards import tar_groups
 from infra import storage
 
 
@@ -185,7 +186,6 @@ BUNDLED_SOURCES = {"pydoc_topics": "text", "kjv": "text", "skimage": "image_text
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 TEXT_EXTS = ("txt", "md")
-WDS_MEMBER = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 # WebDataset member extensions used when a field keeps its default name.
 WDS_DEFAULTS = {"text": ("txt",), "caption": ("txt",), "image": IMAGE_EXTS, "video": VIDEO_EXTS}
 
@@ -336,34 +336,17 @@ def _parquet_rows(spec: SourceSpec, cache: str) -> Iterator[tuple[str, str, dict
             yield Reject(spec.label, fname, "corrupt_parquet", f"{type(e).__name__}: {e}")
 
 
-def _tar_groups(spec: SourceSpec, cache: str) -> Iterator[tuple[str, str, dict[str, bytes]] | Reject]:
-    """(shard uri, sample key, {ext: bytes}) per WebDataset sample. A corrupt or truncated tar
-    gives one Reject for the shard (the samples before the damage are kept) and reading goes on."""
+def _tar_groups(spec: SourceSpec) -> Iterator[tuple[str, str, dict[str, bytes]] | Reject]:
+    """(shard uri, sample key, {ext: bytes}) per WebDataset sample, streamed by the one shard
+    reader. A corrupt or truncated tar gives one Reject for the shard (the samples before the
+    damage are kept) and reading goes on."""
     for uri in _source_files(spec, ("tar",)):
         fname = uri.rstrip("/").rsplit("/", 1)[-1]
-        path = storage.local_copy(uri, cache)
-        key, fields = None, {}
         try:
-            with tarfile.open(path, "r") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    match = WDS_MEMBER.match(member.name)  # WebDataset's rule: key = up to the basename's first dot
-                    if match is None:
-                        continue
-                    member_key, ext = match.groups()
-                    if member_key != key and fields:
-                        yield uri, key, fields
-                        fields = {}
-                    key = member_key
-                    fields[ext.lower()] = tar.extractfile(member).read()
-            if fields:
+            for key, fields in tar_groups(uri):
                 yield uri, key, fields
         except (tarfile.TarError, EOFError, OSError) as e:
             yield Reject(spec.label, fname, "corrupt_tar", f"{type(e).__name__}: {e}")
-        finally:
-            if storage.is_s3(uri) and path.exists():
-                path.unlink()
 
 
 def _first(fields: dict[str, bytes], exts: tuple[str, ...]) -> tuple[str, bytes] | None:
@@ -392,7 +375,7 @@ def read_text_source(spec: SourceSpec) -> Iterator[TextDoc | Reject]:
         elif spec.format == "webdataset":
             exts = spec.exts(spec.text_field, "text")
             rows = (r if isinstance(r, Reject) else (r[0], r[1], {spec.text_field: (_first(r[2], exts) or (None, None))[1]})
-                    for r in _tar_groups(spec, cache))
+                    for r in _tar_groups(spec))
         elif spec.format == "jsonl":
             rows = _jsonl_rows(spec)
         else:
@@ -450,7 +433,7 @@ def read_image_source(spec: SourceSpec, max_digits: int | None = None) -> Iterat
                 yield ImageRecord(label, key, data, caption if isinstance(caption, str) else "", target)
         elif spec.format == "webdataset":
             img_exts, cap_exts = spec.exts(spec.image_field, "image"), spec.exts(spec.caption_field, "caption")
-            for row in _tar_groups(spec, cache):
+            for row in _tar_groups(spec):
                 if isinstance(row, Reject):
                     yield row
                     continue
@@ -517,7 +500,7 @@ def read_video_source(spec: SourceSpec, clip_names: list[str] | None = None) -> 
                 yield clip(key, path, fields.get(spec.caption_field))
         elif spec.format == "webdataset":
             vid_exts, cap_exts = spec.exts(spec.video_field, "video"), spec.exts(spec.caption_field, "caption")
-            for row in _tar_groups(spec, cache):
+            for row in _tar_groups(spec):
                 if isinstance(row, Reject):
                     yield row
                     continue

@@ -8,13 +8,14 @@ special tokens and the chat format, because the data and model code depend on th
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from curation.shards import CuratedSet, iter_samples
 from infra import storage
+from infra.refs import TokenizerRef
 
 PAD = "[PAD]"
 BOS = "[BOS]"
@@ -29,17 +30,14 @@ TOKENIZER_FILE = "tokenizer.json"
 ROLE_TOKENS = {"system": "<|im_system|>", "user": "<|im_user|>", "assistant": "<|im_assistant|>"}
 
 
-@dataclass
-class TokenizerArtifact:
-    uri: str  # the tokenizer.json file
-    digest: str  # sha256 of tokenizer.json
-    vocab_size: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+def tokenizer_digest(uri: str) -> str:
+    """sha256 of the tokenizer.json at `uri` (the file or its folder)."""
+    if not uri.endswith(".json"):
+        uri = storage.join(uri, TOKENIZER_FILE)
+    return storage.sha256_bytes(storage.read_bytes(uri))
 
 
-def train_tokenizer(text_set_uri: str, out_uri: str, vocab_size: int = 4096) -> TokenizerArtifact:
+def train_tokenizer(text_set_uri: str, out_uri: str, vocab_size: int = 4096) -> TokenizerRef:
     """Train on every text sample of a curated text set, in shard order (deterministic)."""
     curated = CuratedSet.load(text_set_uri)
     if curated.modality != "text":
@@ -67,7 +65,7 @@ def train_tokenizer(text_set_uri: str, out_uri: str, vocab_size: int = 4096) -> 
         digest = storage.sha256_file(path)
         uri = storage.join(out_uri, TOKENIZER_FILE)
         storage.upload_file(path, uri)
-    return TokenizerArtifact(uri=uri, digest=digest, vocab_size=tokenizer.get_vocab_size())
+    return TokenizerRef(uri=uri, digest=digest, vocab_size=tokenizer.get_vocab_size())
 
 
 def load_tokenizer(uri: str, cache_dir: str | Path | None = None) -> Tokenizer:

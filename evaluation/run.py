@@ -1,10 +1,11 @@
 """Evaluate a checkpoint on the benchmark suites (run under torchrun; examples split across ranks).
 
+    torchrun --nproc-per-node 2 -m evaluation.run --spec <report folder>/spec.json
     torchrun --nproc-per-node 2 -m evaluation.run --checkpoint <uri> --mixture <mixture.json> \
         --out <report folder uri> [--profile tiny] [--set suites=gsm8k,mmlu --set limit=50]
 
 Text suites (evaluation/suites.py) are generated with the K2.5 chat template, batched through the
-model's latent KV cache, with the profile's sampling settings (evaluation/config.py) and avg@k
+model's latent KV cache, with the spec's sampling settings (evaluation/config.py) and avg@k
 samples per prompt; answers are extracted and scored by evaluation/scorers.py, HumanEval programs
 run in evaluation/sandbox.py. Vision suites (evaluation/vision_suites.py, substitutes built by this
 project) are multiple choice scored by likelihood. Rank 0 gathers every per-example record into
@@ -26,28 +27,61 @@ import torch.distributed as dist
 
 from evaluation import suites as text_suites
 from evaluation import vision_suites
-from evaluation.config import TEXT_SUITES, VISION_SUITES, ConfigError, EvalConfig, eval_config, to_dict
+from evaluation.config import TEXT_SUITES, VISION_SUITES, EvalConfig
 from infra import storage
-from model.config import ModelConfig
+from infra.refs import CheckpointRef, MissingReference, MixtureRef
+from infra.settings import default_data_root
+from infra.spec import Block, SpecError, read_spec, write_spec
 from model.multimodal import K25Model
 from training import checkpoint
-from training.data import Vocab, load_mixture, load_vocab
-from training.engine import init_distributed
+from training.data import Vocab, load_vocab
 from training.policy import prompt_ids
+from training.program import parse_overrides
 from training.reporting import Reporter, fail
+from training.runtime import compute_init, rank_env
+
+
+class EvalSpec(Block):
+    """What one evaluation run does: the settings and what it reads and writes; spec.json."""
+
+    profile: str
+    """The profile the settings were resolved from."""
+    evaluation: EvalConfig
+    checkpoint: CheckpointRef
+    """The evaluated checkpoint."""
+    mixture: MixtureRef
+    """For the tokenizer."""
+    out: str
+    """The report folder (spec.json lies in it)."""
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a K2.5 checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--mixture", required=True, help="mixture.json (for the tokenizer)")
-    p.add_argument("--out", required=True, help="URI of the report folder")
+    p.add_argument("--spec", default=None, help="URI of the resolved spec.json (what Dagster launches)")
+    p.add_argument("--checkpoint", help="standalone: the checkpoint to evaluate")
+    p.add_argument("--mixture", help="standalone: mixture.json (for the tokenizer)")
+    p.add_argument("--out", help="standalone: URI of the report folder")
     p.add_argument("--profile", default="tiny")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
     p.add_argument("--mlflow-run-id", default=None)
-    p.add_argument("--data-root", default=os.environ.get("K25_DATA_ROOT", "../shared/data"))
+    p.add_argument("--data-root", default=None)
     return p.parse_args(argv)
+
+
+def resolve_spec(args) -> EvalSpec:
+    """The spec the asset wrote, or (standalone) resolved here once and written by rank 0."""
+    if args.spec:
+        return read_spec(EvalSpec, args.spec)
+    import recipes
+
+    if not (args.checkpoint and args.mixture and args.out):
+        raise SpecError("without --spec, --checkpoint, --mixture and --out are required")
+    spec = EvalSpec(profile=args.profile, evaluation=recipes.resolve_evaluation(args.profile, parse_overrides(args.overrides)),
+                    checkpoint=CheckpointRef.at(args.checkpoint), mixture=MixtureRef.at(args.mixture), out=args.out)
+    if rank_env()[0] == 0:
+        write_spec(spec, spec.out)
+    return spec
 
 
 def missing_suite_data(cfg: EvalConfig, data_root: str) -> list[str]:
@@ -60,13 +94,6 @@ def missing_suite_data(cfg: EvalConfig, data_root: str) -> list[str]:
             except text_suites.SuiteDataMissing as e:
                 missing.append(str(e))
     return missing
-
-
-def load_model(ckpt_uri: str, vocab: Vocab, device) -> K25Model:
-    manifest, _ = checkpoint.read_manifest(ckpt_uri)
-    model = K25Model(ModelConfig.from_dict(manifest["model_config"]), vocab.media_pad)
-    model.load_state_dict(checkpoint.load(ckpt_uri, names=("model",))["model"])
-    return model.to(device).eval()
 
 
 def load_work(cfg: EvalConfig, data_root: str) -> dict[str, list]:
@@ -183,16 +210,16 @@ def gather(records: list[dict], world: int) -> list[dict]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:  # everything cheap is checked before the process group and the model exist
-        cfg = eval_config(args.profile, dict(kv.split("=", 1) for kv in args.overrides))
-        checkpoint.read_manifest(args.checkpoint)
-        work = load_work(cfg, args.data_root)
-    except (ConfigError, checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
+        spec = resolve_spec(args)
+        cfg = spec.evaluation
+        manifest, mixture = spec.checkpoint.verify(), spec.mixture.verify()
+        work = load_work(cfg, args.data_root or default_data_root())
+    except (SpecError, MissingReference, FileNotFoundError, ValueError) as e:
         fail(str(e))
-    rank, world = init_distributed()
+    rank, world, device = compute_init()
     reporter = Reporter(rank, "evaluation", args.tracking_uri, args.mlflow_run_id)
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    vocab = load_vocab(load_mixture(args.mixture))
-    model = load_model(args.checkpoint, vocab, device)
+    vocab = load_vocab(mixture)
+    model = checkpoint.load_model(spec.checkpoint, device, manifest=manifest).eval()
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
     records = []
     for suite, examples in work.items():
@@ -208,22 +235,22 @@ def main(argv=None) -> None:
         metrics = summarize(df, cfg)
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
-        storage.write_bytes(storage.join(args.out, "records.parquet"), buf.getvalue())
-        md, png = report(metrics, args.checkpoint, cfg)
-        storage.write_text(storage.join(args.out, "report.md"), md)
-        storage.write_bytes(storage.join(args.out, "accuracy.png"), png)
+        storage.write_bytes(storage.join(spec.out, "records.parquet"), buf.getvalue())
+        md, png = report(metrics, spec.checkpoint.uri, cfg)
+        storage.write_text(storage.join(spec.out, "report.md"), md)
+        storage.write_bytes(storage.join(spec.out, "accuracy.png"), png)
         reporter.metrics(0, {k.replace("/", "_").replace("@", "_at_"): v for k, v in metrics.items()})
         if reporter.tracker and reporter.run_id:
             client = reporter.tracker.client
             client.log_text(reporter.run_id, md, "report.md")
             client.log_image(reporter.run_id, _png_array(png), "accuracy.png")
-            client.log_dict(reporter.run_id, to_dict(cfg), "eval_config.json")
+            client.log_dict(reporter.run_id, spec.model_dump(mode="json"), "spec.json")
             client.log_text(reporter.run_id, df.to_csv(index=False), "records.csv")
         chart = f"![accuracy](data:image/png;base64,{base64.b64encode(png).decode()})"
         reporter.log(md)
-        reporter.finish({"report_md": md, "accuracy_chart": chart, "report_uri": args.out,
-                         "records_uri": storage.join(args.out, "records.parquet"),
-                         "evaluated_checkpoint": args.checkpoint, **metrics}, storage.sha256_bytes(buf.getvalue()))
+        reporter.finish({"report_md": md, "accuracy_chart": chart, "report_uri": spec.out,
+                         "records_uri": storage.join(spec.out, "records.parquet"),
+                         "evaluated_checkpoint": spec.checkpoint.uri, **metrics}, storage.sha256_bytes(buf.getvalue()))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

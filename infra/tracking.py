@@ -9,13 +9,14 @@ Walking model inputs backwards from an evaluation run therefore reaches the data
 
 from __future__ import annotations
 
+import contextlib
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, Metric
+from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, Metric, Param
 
 from infra import storage
 from infra.settings import default_artifact_root
@@ -99,6 +100,23 @@ class Tracker:
         parent_id = self.client.get_run(run_id).data.tags.get("mlflow.parentRunId")
         if parent_id and (not ok or self.client.get_run(parent_id).info.status != "FAILED"):
             self.client.set_terminated(parent_id, "FINISHED" if ok else "FAILED")
+
+    @contextlib.contextmanager
+    def closing(self, run_id: str):
+        """Yield `run_id`; end the run FINISHED when the block completes, FAILED on any exception
+        (KeyboardInterrupt and a terminated Dagster step included), then re-raise."""
+        try:
+            yield run_id
+        except BaseException:
+            self.finish(run_id, ok=False)
+            raise
+        self.finish(run_id)
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        """Params in batches of 100 (MLflow's limit per call)."""
+        items = [Param(k, str(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
 
     def run_url(self, run_id: str) -> str:
         if self.tracking_uri.startswith("http"):

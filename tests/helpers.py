@@ -69,7 +69,7 @@ TINY_VOCAB = 512
 @dataclass
 class TinyData:
     sets: dict  # name -> CuratedSet
-    tokenizer: object  # TokenizerArtifact
+    tokenizer: object  # TokenizerRef
     mixture: dict
     mixture_uri: str  # the mixture.json URI
 

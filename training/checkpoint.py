@@ -23,6 +23,9 @@ import torch
 import torch.distributed as dist
 
 from infra import storage
+from infra.refs import CheckpointRef  # noqa: F401 (the reference this module reads)
+from model.config import ModelConfig, model_preset
+from model.multimodal import K25Model
 
 MANIFEST = "manifest.json"
 
@@ -115,12 +118,14 @@ def read_manifest(ckpt_uri: str) -> tuple[dict, str]:
     return json.loads(body), storage.sha256_bytes(body)
 
 
-def load(ckpt_uri: str, rank: int = 0, names: tuple[str, ...] | None = None) -> dict[str, object]:
+def load(ckpt_uri: str, rank: int = 0, names: tuple[str, ...] | None = None,
+         manifest: dict | None = None) -> dict[str, object]:
     """Load and verify a checkpoint's shared objects and this rank's per-rank objects.
 
     `names` restricts which objects are read, shared or per-rank (e.g. only "model" when
-    initialising a new stage from an upstream checkpoint)."""
-    manifest, _ = read_manifest(ckpt_uri)
+    initialising a new stage from an upstream checkpoint); `manifest` when already read."""
+    if manifest is None:
+        manifest, _ = read_manifest(ckpt_uri)
     out: dict[str, object] = {}
     for fname, entry in manifest["files"].items():
         key = fname[:-3]
@@ -139,3 +144,24 @@ def load(ckpt_uri: str, rank: int = 0, names: tuple[str, ...] | None = None) -> 
         out[key] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     return out
 
+
+
+def fresh_model(preset: str, vocab, max_seq_len: int = 0):
+    """New weights of a model preset for a trained tokenizer (seed torch first for identical ranks)."""
+    cfg = model_preset(preset, vocab_size=vocab.size)
+    cfg.max_seq_len = max(cfg.max_seq_len, max_seq_len)
+    return K25Model(cfg, media_pad_id=vocab.media_pad)
+
+
+def load_model(ref: CheckpointRef, device="cpu", manifest: dict | None = None, max_seq_len: int = 0):
+    """The one way to get a model out of a checkpoint: its config and media id from the manifest
+    (`manifest` when the caller has read it through `ref.verify()`), its weights verified by
+    sha256. `max_seq_len` widens the position budget for a stage with longer sequences."""
+    manifest = manifest if manifest is not None else ref.verify()
+    cfg = ModelConfig.from_dict(manifest["model_config"])
+    cfg.max_seq_len = max(cfg.max_seq_len, max_seq_len)
+    if "media_pad_id" not in manifest:
+        raise CheckpointError(f"checkpoint {ref.uri} does not record media_pad_id (written by an older version)")
+    model = K25Model(cfg, media_pad_id=manifest["media_pad_id"])
+    model.load_state_dict(load(ref.uri, names=("model",), manifest=manifest)["model"])
+    return model.to(device)

@@ -1,13 +1,13 @@
 """The training loop shared by every stage program (first version, data parallel on gloo/NCCL).
 
-A stage program builds an `Engine` from its command line, then calls `engine.fit(step_fn)` where
+A stage program builds an `Engine` from its resolved spec (never from argv), then calls `engine.fit(step_fn)` where
 `step_fn(step)` returns the loss tensor and its metrics. The engine owns what every stage needs the
 same way: process group, model construction and initialisation from the upstream checkpoint,
 trainable-module selection, gradient all-reduce, WSD schedule, aux-loss-free router-bias update,
 atomic checkpoints with exact resume, SIGTERM save-and-exit, metrics and the final report.
-Options per stage (training/config.py): `optimizer=muonclip` (Muon + per-head QK-Clip),
-`zero_stage=1` (DeepSpeed ZeRO-1, training/zero.py), `expert_parallel=N` (experts sharded over
-groups of N ranks, training/expert_parallel.py) and `dep=true` (training/dep.py).
+Options per stage (blocks of the spec, training/spec.py): `optimizer.name=muonclip` (Muon + QK-Clip),
+`parallel.zero_stage=1` (ZeRO-1, training/zero.py), `parallel.expert_parallel=N` (experts sharded over
+groups of N ranks, training/expert_parallel.py) and `parallel.dep=true` (training/dep.py).
 Checkpoints always hold the full model (gathered from expert shards), so the next stage or the
 evaluation loads them without knowing how they were trained; optimizer state that is partitioned
 (ZeRO-1) or sharded (experts) is saved per rank.
@@ -15,125 +15,46 @@ evaluation loads them without knowing how they were trained; optimizer state tha
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
 import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from model.config import ModelConfig, model_preset
 from model.multimodal import K25Model
 from training import checkpoint
-from training.config import ConfigError, StageConfig, load_profile, stage_config
-from training.data import Vocab, load_mixture, load_vocab
+from training.data import Vocab, load_vocab
 from training.expert_parallel import ExpertParallelMoE, apply_expert_parallel, gather_moe_state_dict, sync_gradients
 from training.expert_parallel import grad_norm as ep_grad_norm
 from training.muonclip import MuonClip, enable_max_logit_recording, muon_param_groups, qk_clip, read_max_logits
-from training.reporting import Reporter, Throughput, fail, rank_env
+from training.program import RunContext
+from training.reporting import Reporter, Throughput, fail
+from training.runtime import compute_init
+from training.spec import StageSpec, wsd_lr
 from training.zero import ShardedOptimizer, check_resumable, load_partition, wrap_zero1
 
 
-@dataclass
-class RunArgs:
-    stage: str
-    profile: str
-    overrides: dict[str, str]
-    mixture: str
-    run_dir: str
-    init_from: str | None
-    resume: str  # auto | must | never
-    tracking_uri: str | None
-    mlflow_run_id: str | None
-    data_root: str
-
-
-def parse_args(stages: tuple[str, ...], argv: list[str] | None = None) -> RunArgs:
-    p = argparse.ArgumentParser(description="K2.5 stage program (run under torchrun)")
-    p.add_argument("--stage", choices=stages, default=stages[0])
-    p.add_argument("--profile", default="tiny", help="profile name: tiny, small, k25")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the stage config (repeatable)")
-    p.add_argument("--mixture", required=True, help="URI of mixture.json (data + tokenizer)")
-    p.add_argument("--run-dir", required=True, help="URI of this run's checkpoint folder")
-    p.add_argument("--init-from", default=None, help="URI of the upstream stage's checkpoint")
-    p.add_argument("--resume", choices=("auto", "must", "never"), default="auto",
-                   help="auto: resume from run-dir/latest if present; must: fail if absent")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
-    p.add_argument("--mlflow-run-id", default=None)
-    p.add_argument("--data-root", default=os.environ.get("K25_DATA_ROOT", "../shared/data"))
-    a = p.parse_args(argv)
-    overrides = {}
-    for item in a.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = value
-    return RunArgs(a.stage, a.profile, overrides, a.mixture, a.run_dir, a.init_from, a.resume,
-                   a.tracking_uri, a.mlflow_run_id, a.data_root)
-
-
-def init_distributed() -> tuple[int, int]:
-    rank, world, local_rank = rank_env()
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        if restart == 0:
-            dist.init_process_group(backend)
-        else:
-            # After torchrun restarts the group, the rendezvous store still holds the previous
-            # attempt's addresses; a per-attempt key prefix keeps gloo/NCCL from dialling dead ranks.
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                                  is_master=False, timeout=datetime.timedelta(seconds=300))
-            dist.init_process_group(backend, store=dist.PrefixStore(f"k25/attempt{restart}/", store),
-                                    rank=rank, world_size=world)
-    return rank, world
-
-
-def wsd_lr(cfg: StageConfig, step: int) -> float:
-    """Warmup-stable-decay: linear warmup, constant, then linear decay to min_lr over the tail."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    decay_start = int(cfg.steps * (1 - cfg.decay_fraction))
-    if step < decay_start:
-        return cfg.lr
-    frac = (step - decay_start) / max(1, cfg.steps - decay_start)
-    return cfg.lr * (1 - frac * (1 - cfg.min_lr_ratio))
-
-
 class Engine:
-    def __init__(self, args: RunArgs, reporter: Reporter | None = None, last: bool = True):
+    def __init__(self, spec: StageSpec, run: RunContext, reporter: Reporter | None = None, last: bool = True,
+                 mixture: dict | None = None):
         # reporter, last: for a stage trained in phases (training/pretrain.py), one Reporter (one
         # Pipes session, one MLflow run) serves every phase, and a phase with last=False leaves it
         # and the process group open at the end of fit() for the next phase, which reports.
-        self.last = last
-        # Validate everything cheap before the process group and the model exist.
-        try:
-            self.cfg = stage_config(args.profile, args.stage, args.overrides)
-            self.profile = load_profile(args.profile)
-        except ConfigError as e:
-            fail(str(e))
-        if args.init_from:
-            try:
-                self.init_manifest, _ = checkpoint.read_manifest(args.init_from)
-            except checkpoint.CheckpointError as e:
-                fail(str(e))
-        ep = self.cfg.expert_parallel
-        if rank_env()[1] % ep:
-            fail(f"expert_parallel={ep} does not divide the world size {rank_env()[1]}")
-        self.args = args
-        self.rank, self.world = init_distributed()
-        self.device = torch.device(f"cuda:{rank_env()[2]}" if torch.cuda.is_available() else "cpu")
-        self.reporter = reporter or Reporter(self.rank, args.stage, args.tracking_uri, args.mlflow_run_id)
-        self.mixture = load_mixture(args.mixture)
+        # mixture: the manifest, when the caller has read it already (the phases share one read).
+        self.spec, self.run, self.last = spec, run, last
+        inputs = spec.inputs
+        # Everything cheap is checked before the process group and the model exist; the spec was
+        # validated when it was resolved, the inputs are read once here.
+        self.init_manifest = verify_or_fail(inputs.init_from) if inputs.init_from else None
+        self.mixture = mixture or verify_or_fail(inputs.mixture)
+        self.rank, self.world, self.device = compute_init()
+        ep = spec.parallel.expert_parallel
+        if self.world % ep:
+            fail(f"parallel.expert_parallel={ep} does not divide the world size {self.world}")
+        self.reporter = reporter or Reporter(self.rank, spec.stage, run.tracking_uri, run.mlflow_run_id)
         self.vocab: Vocab = load_vocab(self.mixture)
         self.model = self._build_model()
         resume_state = self._load_resume_state()  # full weights go in before experts are sharded
@@ -141,8 +62,8 @@ class Engine:
         self.trainable = self._select_trainable()
         self.optimizer = self._build_optimizer()
         self.ds_engine = None
-        if self.cfg.zero_stage == 1 and self.cfg.optimizer == "adamw":
-            self.ds_engine, self.optimizer = wrap_zero1(self.model, self.optimizer, self.cfg)
+        if spec.parallel.zero_stage == 1 and spec.optimizer.name == "adamw":
+            self.ds_engine, self.optimizer = wrap_zero1(self.model, self.optimizer, spec)
         self.step = 0
         self.loader_state: dict = {}
         self._stop = False
@@ -151,28 +72,24 @@ class Engine:
 
     # ---- construction
     def _build_model(self) -> K25Model:
-        if self.args.init_from:
-            mcfg = ModelConfig.from_dict(self.init_manifest["model_config"])
+        spec, init = self.spec, self.spec.inputs.init_from
+        if init is not None:
+            model = checkpoint.load_model(init, "cpu", manifest=self.init_manifest, max_seq_len=spec.data.seq_len)
+            self.reporter.log(f"initialised from {init.uri}")
         else:
-            mcfg = model_preset(self.profile.model, vocab_size=self.vocab.size)
-        if mcfg.vocab_size != self.vocab.size:
-            fail(f"upstream checkpoint vocab {mcfg.vocab_size} != tokenizer vocab {self.vocab.size}")
-        mcfg.max_seq_len = max(mcfg.max_seq_len, self.cfg.seq_len)
-        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
-        model = K25Model(mcfg, media_pad_id=self.vocab.media_pad)
-        if self.args.init_from:
-            state = checkpoint.load(self.args.init_from, self.rank, names=("model",))
-            model.load_state_dict(state["model"])
-            self.reporter.log(f"initialised from {self.args.init_from}")
-        if self.cfg.yarn_factor is not None:
-            model.backbone.set_yarn(self.cfg.yarn_factor)
+            torch.manual_seed(spec.train.seed)  # identical initial weights on every rank
+            model = checkpoint.fresh_model(spec.model, self.vocab, max_seq_len=spec.data.seq_len)
+        if model.cfg.vocab_size != self.vocab.size:
+            fail(f"upstream checkpoint vocab {model.cfg.vocab_size} != tokenizer vocab {self.vocab.size}")
+        if spec.train.yarn_factor is not None:
+            model.backbone.set_yarn(spec.train.yarn_factor)
         return model.to(self.device)
 
     def _setup_expert_parallel(self):
         """(EP group, expert data-parallel group). Groups of `expert_parallel` consecutive ranks
         share one copy of the experts; ranks at the same position in different groups hold the same
         expert shard and average its gradients (None when there is only one EP group)."""
-        ep = self.cfg.expert_parallel
+        ep = self.spec.parallel.expert_parallel
         if ep == 1:
             return None, None
         if self.model.cfg.n_experts % ep:
@@ -190,47 +107,48 @@ class Engine:
         for p in self.model.parameters():
             p.requires_grad_(False)
         params = []
-        for name in self.cfg.trainable:
+        for name in self.spec.train.trainable:
             for p in groups[name].parameters():
                 p.requires_grad_(True)
                 params.append(p)
         return params
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        if self.cfg.optimizer == "muonclip":
+        if self.spec.optimizer.name == "muonclip":
             enable_max_logit_recording(self.model)  # QK-Clip needs each head's max logit
-            groups = muon_param_groups(self.model, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-            if self.cfg.zero_stage == 1:  # optimizer state sharded by whole matrices (training/zero.py)
+            groups = muon_param_groups(self.model, lr=self.spec.optimizer.lr, weight_decay=self.spec.optimizer.weight_decay)
+            if self.spec.parallel.zero_stage == 1:  # optimizer state sharded by whole matrices (training/zero.py)
                 return ShardedOptimizer(MuonClip, groups, self.rank, self.world)
             return MuonClip(groups)
         decay = [p for p in self.trainable if p.dim() >= 2]
         no_decay = [p for p in self.trainable if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": decay, "weight_decay": self.spec.optimizer.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         # no empty groups: DeepSpeed flattens each group into one buffer
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr, betas=(0.9, 0.95))
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.spec.optimizer.lr, betas=(0.9, 0.95))
 
     @property
     def optimizer_per_rank(self) -> bool:
         """Optimizer state differs per rank (ZeRO partitions, expert shards): saved per rank."""
-        return self.cfg.zero_stage == 1 or self.cfg.expert_parallel > 1
+        return self.spec.parallel.zero_stage == 1 or self.spec.parallel.expert_parallel > 1
 
     # ---- resume
     def _load_resume_state(self) -> dict | None:
         """This rank's view of run_dir/latest (model weights loaded into the still-full model), or
         None for a fresh start. Layout mismatches fail here, before any training."""
-        if self.args.resume == "never":
+        if self.run.resume == "never":
             return None
-        latest = checkpoint.latest(self.args.run_dir)
+        run_dir = self.spec.inputs.run_dir
+        latest = checkpoint.latest(run_dir)
         if latest is None:
-            if self.args.resume == "must":
-                fail(f"--resume must: no committed checkpoint under {self.args.run_dir}")
+            if self.run.resume == "must":
+                fail(f"--resume must: no committed checkpoint under {run_dir}")
             return None
         manifest, _ = checkpoint.read_manifest(latest)
         why = check_resumable(manifest, self.world)
         for key in ("zero_stage", "expert_parallel"):
-            if manifest.get(key, getattr(StageConfig, key)) != getattr(self.cfg, key):
-                why = (f"checkpoint {latest} was written with {key}={manifest.get(key)}, this run has "
-                       f"{key}={getattr(self.cfg, key)}; resume with the same setting")
+            if manifest.get(key, 0 if key == "zero_stage" else 1) != getattr(self.spec.parallel, key):
+                why = (f"checkpoint {latest} was written with parallel.{key}={manifest.get(key)}, this run has "
+                       f"parallel.{key}={getattr(self.spec.parallel, key)}; resume with the same setting")
         if why:
             fail(f"cannot resume: {why}")
         state = checkpoint.load(latest, self.rank)
@@ -259,21 +177,25 @@ class Engine:
         self._stop = True
 
     # ---- checkpoints
-    def save(self, loader_state: dict) -> tuple[str, str, str | None]:
-        meta = {"stage": self.args.stage, "profile": self.args.profile, "model_config": self.model.cfg.to_dict(),
-                "stage_config": asdict(self.cfg), "tokenizer_digest": self.mixture["tokenizer"]["digest"],
-                "mixture_digest": self.mixture["digest"], "init_from": self.args.init_from,
-                "zero_stage": self.cfg.zero_stage, "expert_parallel": self.cfg.expert_parallel}
+    def save(self, loader_state: dict) -> checkpoint.CheckpointRef:
+        spec = self.spec
+        init = spec.inputs.init_from
+        meta = {"stage": spec.stage, "profile": spec.profile, "model_config": self.model.cfg.to_dict(),
+                "media_pad_id": self.vocab.media_pad, "spec": spec.model_dump(mode="json", exclude={"inputs"}),
+                "tokenizer_digest": self.mixture["tokenizer"]["digest"], "mixture_digest": self.mixture["digest"],
+                "init_from": init.uri if init else None,
+                "zero_stage": spec.parallel.zero_stage, "expert_parallel": spec.parallel.expert_parallel}
         model_state = self.model.state_dict()
         if self.ep_group is not None:  # collective: the full experts, so any stage can load the checkpoint
             model_state = gather_moe_state_dict(model_state, self.ep_group)
         shared = {"model": model_state, "trainer": {"step": self.step}}
         per_rank = {"rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "loader": loader_state}
         (per_rank if self.optimizer_per_rank else shared)["optim"] = self.optimizer.state_dict()
-        uri, digest = checkpoint.save(self.args.run_dir, self.step, shared, per_rank, meta)
-        model_id = self.reporter.checkpoint(uri, digest, self.step, {"stage": self.args.stage, "step": self.step})
+        uri, digest = checkpoint.save(spec.inputs.run_dir, self.step, shared, per_rank, meta)
+        model_id = self.reporter.checkpoint(uri, digest, self.step, {"stage": spec.stage, "step": self.step})
         self.reporter.log(f"checkpoint step {self.step} committed: {uri}")
-        return uri, digest, model_id
+        return checkpoint.CheckpointRef(uri=uri, digest=digest, stage=spec.stage, step=self.step, model_id=model_id,
+                                        profile=spec.profile)
 
     # ---- the loop
     def _backward(self, loss: torch.Tensor) -> None:
@@ -300,7 +222,7 @@ class Engine:
         averaged over the world. The norm counts each expert shard once (summed over the EP group)."""
         sync_gradients(self.trainable, self.world, None, self.expert_dp_group)
         norm = ep_grad_norm(self.trainable, self.ep_group)
-        coef = torch.clamp(self.cfg.grad_clip / (norm + 1e-6), max=1.0)  # as clip_grad_norm_
+        coef = torch.clamp(self.spec.optimizer.grad_clip / (norm + 1e-6), max=1.0)  # as clip_grad_norm_
         for p in self.trainable:
             if p.grad is not None:
                 p.grad.mul_(coef)
@@ -317,7 +239,7 @@ class Engine:
             n = p.numel()
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
-        return float(torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip))
+        return float(torch.nn.utils.clip_grad_norm_(self.trainable, self.spec.optimizer.grad_clip))
 
     def _qk_clip(self) -> dict[str, float]:
         """Per-head QK-Clip on the max logits of this step, maxed over all ranks first so every
@@ -329,12 +251,12 @@ class Engine:
         stacked = torch.stack([logits[i].float() for i in layers])
         if self.world > 1:
             dist.all_reduce(stacked, op=dist.ReduceOp.MAX)
-        stats = qk_clip(self.model, self.cfg.qk_clip_tau, dict(zip(layers, stacked)))
+        stats = qk_clip(self.model, self.spec.optimizer.qk_clip_tau, dict(zip(layers, stacked)))
         return {"max_attn_logit": float(stacked.max()),
                 "qk_clipped_heads": float(sum(s["n_clipped"] for s in stats.values()))}
 
     def _update_router_bias(self) -> dict[str, float]:
-        if "llm" not in self.cfg.trainable:
+        if "llm" not in self.spec.train.trainable:
             return {}
         imbalance = []
         for moe in self.model.backbone.moe_layers():
@@ -345,19 +267,19 @@ class Engine:
             load = own.float()
             if self.world > 1:
                 dist.all_reduce(load)
-            moe.update_bias(load, self.cfg.router_bias_rate)
+            moe.update_bias(load, self.spec.train.router_bias_rate)
             imbalance.append(float(load.max() / load.mean().clamp_min(1e-9)))
         return {"expert_load_max_over_mean": sum(imbalance) / len(imbalance)} if imbalance else {}
 
     def fit(self, step_fn: Callable[[int], tuple[torch.Tensor, dict[str, float], int]],
             loader_state: Callable[[], dict]) -> None:
-        cfg = self.cfg
+        cfg = self.spec
         losses: list[float] = []
         meter = Throughput()
         last_ckpt = None
         t0 = time.time()
-        self.reporter.log(f"training {self.args.stage} for {cfg.steps} steps on {self.world} rank(s), from step {self.step}")
-        while self.step < cfg.steps:
+        self.reporter.log(f"training {self.spec.stage} for {cfg.train.steps} steps on {self.world} rank(s), from step {self.step}")
+        while self.step < cfg.train.steps:
             lr = wsd_lr(cfg, self.step)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
@@ -367,7 +289,7 @@ class Engine:
             if loss.requires_grad:  # a step_fn may run its own backward (DEP does)
                 self._backward(loss)
             grad_norm = self._optimizer_step()
-            if self.cfg.optimizer == "muonclip" and "llm" in self.cfg.trainable:  # never rescale frozen q/k
+            if self.spec.optimizer.name == "muonclip" and "llm" in self.spec.train.trainable:  # never rescale frozen q/k
                 metrics.update(self._qk_clip())
             metrics.update(self._update_router_bias())
             loss_value = float(loss.detach())
@@ -378,13 +300,13 @@ class Engine:
             losses.append(loss_value)
             meter.add(n_tokens * self.world)
             self.step += 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
                 metrics.update(loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_s=meter.rate())
                 self.reporter.metrics(self.step, metrics)
                 extra = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("loss", "lr"))
-                self.reporter.log(f"step {self.step}/{cfg.steps} loss {loss_value:.4f} {extra}")
+                self.reporter.log(f"step {self.step}/{cfg.train.steps} loss {loss_value:.4f} {extra}")
             stop = self._agree_stop()
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop:
+            if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.steps or stop:
                 last_ckpt = self.save(loader_state())
             if stop:
                 self.reporter.log(f"SIGTERM: saved step {self.step}, exiting")
@@ -400,29 +322,33 @@ class Engine:
             dist.all_reduce(flag)  # every rank stops at the same step, so saves stay collective
         return bool(flag.item() > 0)
 
-    def _report(self, ckpt: tuple[str, str, str | None], losses: list[float], seconds: float) -> None:
+    def _report(self, ckpt: checkpoint.CheckpointRef, losses: list[float], seconds: float) -> None:
         if not self.last:  # a later phase of this stage reports
             return
-        uri, digest, model_id = ckpt
         head = losses[: max(1, len(losses) // 5)]
         tail = losses[-max(1, len(losses) // 5):]
         metadata = {
-            "checkpoint_uri": uri, "checkpoint_digest": digest, "stage": self.args.stage,
-            "profile": self.args.profile, "steps": self.step, "world_size": self.world,
+            **ckpt.to_metadata(), "world_size": self.world,
             "loss_first": sum(head) / len(head) if head else float("nan"),
             "loss_last": sum(tail) / len(tail) if tail else float("nan"),
             "train_seconds": round(seconds, 2),
         }
-        if model_id:
-            metadata["mlflow_model_id"] = model_id
         for key, points in self.reporter.history.items():  # headline values of stage metrics
             if key not in ("loss", "lr"):
                 metadata[f"last_{key}"] = round(points[-1][1], 5)
         plot = self.reporter.loss_plot_markdown(("loss",))
         if plot:
             metadata["loss_curve"] = plot
-        self.reporter.finish(metadata, digest)
+        self.reporter.finish(metadata, ckpt.digest)
         if dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
 
+
+
+def verify_or_fail(ref):
+    """What a reference points to (its manifest), or a clear exit before any training."""
+    try:
+        return ref.verify()
+    except LookupError as e:
+        fail(str(e))

@@ -37,23 +37,16 @@ Text-only warm-up (the paper's early/mid/late fusion ablation): for the first
 
 from __future__ import annotations
 
-import functools
-import io
-import json
 import math
-import os
 import random
 import signal
-import tarfile
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
-from curation.shards import CuratedSet
+from curation.shards import CuratedSet, decode_sample, tar_groups
 from infra import storage
 from model.vision import vision_token_count
 from training.data import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISION, Batch, Vocab
@@ -69,48 +62,10 @@ class LoaderStateError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading shards (streamed, tar members grouped by key as WebDataset does)
-
-@functools.lru_cache(maxsize=4)
-def _s3_client(pid: int):
-    import boto3
-
-    return boto3.client("s3")  # one per process: never share a client across a fork
-
-
-def open_stream(uri: str):
-    """A sequential binary stream of the object: a local file, or an S3 GetObject body."""
-    if storage.is_s3(uri):
-        bucket, key = storage._split_s3(uri)
-        return _s3_client(os.getpid()).get_object(Bucket=bucket, Key=key)["Body"]
-    return open(storage.local_path(uri), "rb")
-
-
-def iter_tar(uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    stream = open_stream(uri)
-    try:
-        key, fields = None, {}
-        with tarfile.open(fileobj=stream, mode="r|") as tar:  # streaming mode: no seeks
-            for member in tar:
-                if not member.isfile():
-                    continue
-                member_key, ext = member.name.split(".", 1)
-                if member_key != key and fields:
-                    yield key, fields
-                    fields = {}
-                key = member_key
-                fields[ext] = tar.extractfile(member).read()
-        if fields:
-            yield key, fields
-    finally:
-        stream.close()
-
-
-# ----------------------------------------------------------------------------------------------
 # Sources
 
 @dataclass(frozen=True)
-class SourceSpec:
+class MixtureSource:
     name: str
     modality: str
     uri: str
@@ -119,13 +74,13 @@ class SourceSpec:
     token_share: float
 
 
-def source_specs(mixture: dict, sources: tuple[str, ...]) -> list[SourceSpec]:
+def mixture_sources(mixture: dict, sources: tuple[str, ...]) -> list[MixtureSource]:
     specs = []
     for name, src in sorted(mixture["sources"].items()):
         if src["modality"] not in sources:
             continue
         curated = CuratedSet.load(src["uri"])  # the shard list comes from curated.json, never a listing
-        specs.append(SourceSpec(name, src["modality"], src["uri"], tuple(curated.shards), int(curated.num_samples),
+        specs.append(MixtureSource(name, src["modality"], src["uri"], tuple(curated.shards), int(curated.num_samples),
                                 float(src.get("token_share", 0.0))))
     return specs
 
@@ -133,7 +88,7 @@ def source_specs(mixture: dict, sources: tuple[str, ...]) -> list[SourceSpec]:
 class SourceStream:
     """The endless sample stream of one source for one (dp_rank, logical worker) slot."""
 
-    def __init__(self, spec: SourceSpec, seed: int, dp_rank: int, dp_size: int, worker: int, num_workers: int,
+    def __init__(self, spec: MixtureSource, seed: int, dp_rank: int, dp_size: int, worker: int, num_workers: int,
                  state: dict | None = None):
         self.spec, self.seed, self.dp_rank, self.worker = spec, seed, dp_rank, worker
         n_slots, slot = dp_size * num_workers, dp_rank * num_workers + worker
@@ -171,7 +126,7 @@ class SourceStream:
                 continue
             r = self._reader
             if r is None or r[:3] != (self.epoch, self.shard_pos, self.block_start):
-                it = iter_tar(storage.join(self.spec.uri, order[self.shard_pos]))
+                it = tar_groups(storage.join(self.spec.uri, order[self.shard_pos]))
                 raw = 0
                 for _ in range(self.block_start):  # resume: skip undecoded samples up to the block
                     next(it)
@@ -203,7 +158,7 @@ class SourceStream:
             if self._block is None:
                 self._load_block()
             key, fields = self._block[self.pos]
-            self._decoded = decode(self.spec.modality, key, fields)
+            self._decoded = decode_sample(self.spec.modality, key, fields)
         return self._decoded
 
     def advance(self) -> None:
@@ -215,20 +170,6 @@ class SourceStream:
             self.block_start, self.pos, self._block = self._block_end, 0, None
             if self._reader is not None:
                 self._reader = (self._reader[0], self._reader[1], self.block_start, self._reader[3])
-
-
-def decode(modality: str, key: str, fields: dict[str, bytes]) -> dict:
-    meta = json.loads(fields["json"])
-    if modality == "text":
-        return {"key": key, "text": fields["txt"].decode("utf-8")}
-    caption = fields["txt"].decode("utf-8")
-    if modality == "image_text":
-        pixels = np.asarray(Image.open(io.BytesIO(fields["png"])).convert("RGB"), dtype=np.uint8)
-        return {"key": key, "pixels": pixels, "caption": caption, "timestamp": None}
-    if modality == "video":
-        pixels = np.load(io.BytesIO(fields["npy"]), allow_pickle=False)
-        return {"key": key, "pixels": pixels, "caption": caption, "timestamp": meta["timestamp"]}
-    raise ValueError(f"unknown modality {modality!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,7 +194,7 @@ def target_ratio(cfg: PackConfig, index: int) -> float:
 class Packer:
     """Packs the batches of one logical worker: global batch indices worker, worker + W, ..."""
 
-    def __init__(self, cfg: PackConfig, vocab: Vocab, specs: list[SourceSpec], worker: int, state: dict | None):
+    def __init__(self, cfg: PackConfig, vocab: Vocab, specs: list[MixtureSource], worker: int, state: dict | None):
         self.cfg, self.vocab, self.worker = cfg, vocab, worker
         st = state or {}
         self.index = st.get("index", worker)
@@ -274,7 +215,7 @@ class Packer:
                 "n_vision": self.n_vision, "n_total": self.n_total}
 
     # -- picking sources: the one furthest below its token share within its group
-    def _pick(self, group: list[SourceSpec]) -> SourceSpec:
+    def _pick(self, group: list[MixtureSource]) -> MixtureSource:
         if len(group) == 1:
             return group[0]
         total = sum(s.token_share for s in group)
@@ -388,7 +329,7 @@ class Packer:
 class PackedBatches(torch.utils.data.IterableDataset):
     """Endless packed batches of one dp rank; each DataLoader worker runs one logical worker."""
 
-    def __init__(self, cfg: PackConfig, vocab: Vocab, specs: list[SourceSpec], delivered: int,
+    def __init__(self, cfg: PackConfig, vocab: Vocab, specs: list[MixtureSource], delivered: int,
                  worker_states: list[dict | None]):
         self.cfg, self.vocab, self.specs = cfg, vocab, specs
         self.delivered, self.worker_states = delivered, worker_states
@@ -433,7 +374,7 @@ class StreamingLoader:
         if not 0 <= text_only_warmup_fraction < 1:
             raise ValueError(f"text_only_warmup_fraction must be in [0, 1) (got {text_only_warmup_fraction})")
         self.vocab = vocab
-        self.specs = source_specs(mixture, sources)
+        self.specs = mixture_sources(mixture, sources)
         has_text = any(s.modality == "text" for s in self.specs)
         has_vision = any(s.modality in VISION_MODALITIES for s in self.specs)
         if "text" in sources and not has_text:
@@ -462,6 +403,14 @@ class StreamingLoader:
         self._it = None
         self._prefetch = prefetch_factor
         self.last_ratio_window: deque[tuple[int, int]] = deque(maxlen=100)
+
+    @classmethod
+    def from_spec(cls, mixture: dict, vocab: Vocab, data, seed: int, steps: int, dp_rank: int, dp_size: int,
+                  state: dict | None = None) -> "StreamingLoader":
+        """The loader a stage's `data` block (training/spec.py DataConfig) asks for."""
+        return cls(mixture, vocab, data.sources, data.vision_ratio, data.seq_len, data.batch_size, seed, dp_rank,
+                   dp_size, num_workers=data.num_workers, text_only_warmup_fraction=data.text_only_warmup_fraction,
+                   steps=steps, state=state)
 
     def _iterator(self):
         ds = PackedBatches(self.cfg, self.vocab, self.specs, self.delivered, list(self.worker_states))

@@ -1,5 +1,6 @@
 """PARL: RL of the Agent Swarm orchestrator with frozen sub-agents (first version, RECIPE.md §7).
 
+    torchrun --nproc-per-node 2 -m training.parl --spec <run dir>/spec.json
     torchrun --nproc-per-node 2 -m training.parl --profile tiny --mixture <mixture.json> \
         --run-dir <uri> --init-from <rl checkpoint>
 
@@ -23,11 +24,10 @@ import re
 
 import torch
 
-from model.config import ModelConfig
 from model.multimodal import K25Model
 from training import checkpoint
 from training.data import gsm8k_path, read_jsonl
-from training.engine import Engine, parse_args
+from training.engine import Engine
 from training.policy import (
     RolloutCache,
     cut_at_stop,
@@ -37,6 +37,7 @@ from training.policy import (
     reference_answer,
     sequence_logprobs,
 )
+from training.program import program_args
 
 
 def critical_steps(n_subtasks: int, n_agents: int) -> tuple[int, int]:
@@ -60,8 +61,7 @@ def orchestrator_prompt(questions: list[str]) -> str:
 
 def frozen_subagent(engine: Engine) -> K25Model:
     """The sub-agent policy: the fixed upstream checkpoint, also after this run resumes."""
-    model = K25Model(ModelConfig.from_dict(engine.init_manifest["model_config"]), engine.vocab.media_pad)
-    model.load_state_dict(checkpoint.load(engine.args.init_from, engine.rank, names=("model",))["model"])
+    model = checkpoint.load_model(engine.spec.inputs.init_from, manifest=engine.init_manifest)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.to(engine.device).eval()
@@ -74,28 +74,28 @@ class Swarm:
         self.cache = RolloutCache(self.collect)
 
     def lambdas(self, step: int) -> tuple[float, float]:
-        keep = max(0.0, 1.0 - step / max(1, self.engine.cfg.steps - 1))
-        return self.engine.cfg.lambda_parallel * keep, self.engine.cfg.lambda_finish * keep
+        keep = max(0.0, 1.0 - step / max(1, self.engine.spec.train.steps - 1))
+        return self.engine.spec.parl.lambda_parallel * keep, self.engine.spec.parl.lambda_finish * keep
 
     @torch.no_grad()
     def collect(self, index: int) -> dict:
-        e, cfg, vocab = self.engine, self.engine.cfg, self.engine.vocab
-        rng = random.Random(f"{cfg.seed}:{e.rank}:{index}")
-        tasks = [[self.problems[rng.randrange(len(self.problems))] for _ in range(cfg.swarm_subtasks)]
-                 for _ in range(cfg.prompts_per_step)]
+        e, cfg, vocab = self.engine, self.engine.spec, self.engine.vocab
+        rng = random.Random(f"{cfg.train.seed}:{e.rank}:{index}")
+        tasks = [[self.problems[rng.randrange(len(self.problems))] for _ in range(cfg.parl.swarm_subtasks)]
+                 for _ in range(cfg.rl.prompts_per_step)]
         prompts = [prompt_ids(vocab, orchestrator_prompt([p["question"] for p in t])) for t in tasks
-                   for _ in range(cfg.group_size)]
-        gen = torch.Generator().manual_seed(hash((cfg.seed, e.rank, index, 7)) % (2**31))
+                   for _ in range(cfg.rl.group_size)]
+        gen = torch.Generator().manual_seed(hash((cfg.train.seed, e.rank, index, 7)) % (2**31))
         e.model.eval()
         stop = {vocab.im_end, vocab.eos}
-        plans = [cut_at_stop(o, stop) or [vocab.eos] for o in e.model.generate(prompts, cfg.max_new_tokens, stop, cfg.temperature, cfg.top_p, gen)]
-        lam_par, lam_fin = self.lambdas(index * cfg.updates_per_rollout)
+        plans = [cut_at_stop(o, stop) or [vocab.eos] for o in e.model.generate(prompts, cfg.rl.max_new_tokens, stop, cfg.rl.temperature, cfg.rl.top_p, gen)]
+        lam_par, lam_fin = self.lambdas(index * cfg.rl.updates_per_rollout)
         rewards, stats = [], {"agents": 0.0, "critical_steps": 0.0, "r_perf": 0.0, "r_finish": 0.0}
         for i, plan in enumerate(plans):
-            task = tasks[i // cfg.group_size]
-            n_agents = parse_agent_count(vocab.decode(plan), cfg.swarm_subtasks)
+            task = tasks[i // cfg.rl.group_size]
+            n_agents = parse_agent_count(vocab.decode(plan), cfg.parl.swarm_subtasks)
             r_perf, r_finish, steps = self._run_subagents(task, n_agents)
-            r_parallel = (n_agents - 1) / max(1, cfg.swarm_subtasks - 1)
+            r_parallel = (n_agents - 1) / max(1, cfg.parl.swarm_subtasks - 1)
             rewards.append(lam_par * r_parallel + lam_fin * r_finish + r_perf)
             for k, v in (("agents", n_agents), ("critical_steps", steps), ("r_perf", r_perf), ("r_finish", r_finish)):
                 stats[k] += v / len(plans)
@@ -104,37 +104,37 @@ class Swarm:
                 "mask": mask, "stats": stats}
 
     def _run_subagents(self, task: list[dict], n_agents: int) -> tuple[float, float, int]:
-        cfg, vocab = self.engine.cfg, self.engine.vocab
+        cfg, vocab = self.engine.spec, self.engine.vocab
         steps, longest = critical_steps(len(task), n_agents)
         # Sub-agent j solves problems j, j+n, j+2n, ... one per step; within the budget the
         # orchestrator's two main steps leave budget-2 steps for the longest branch.
-        per_agent_budget = max(0, cfg.critical_step_budget - 2)
+        per_agent_budget = max(0, cfg.parl.critical_step_budget - 2)
         finished = [p for i, p in enumerate(task) if i // n_agents < per_agent_budget]
         if not finished:
             return 0.0, 0.0, steps
         stop = {vocab.im_end, vocab.eos}
-        outs = self.subagent.generate([prompt_ids(vocab, p["question"]) for p in finished], cfg.max_new_tokens, stop)
+        outs = self.subagent.generate([prompt_ids(vocab, p["question"]) for p in finished], cfg.rl.max_new_tokens, stop)
         correct = sum(math_reward(vocab.decode(o), reference_answer(p["answer"]), 0.0)[1] for o, p in zip(outs, finished))
-        return correct / len(task), len(finished) / len(task), min(steps, cfg.critical_step_budget)
+        return correct / len(task), len(finished) / len(task), min(steps, cfg.parl.critical_step_budget)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(("parl",), argv)
-    if not args.init_from:
+    spec, run = program_args(("parl",), argv)
+    if spec.inputs.init_from is None:
         raise SystemExit("error: parl needs --init-from: the frozen sub-agents are that checkpoint")
-    problems = read_jsonl(gsm8k_path(args.data_root, "train"))
-    engine = Engine(args)
-    cfg = engine.cfg
+    problems = read_jsonl(gsm8k_path(run.data_root, "train"))
+    engine = Engine(spec, run)
+    cfg = engine.spec
     swarm = Swarm(engine, problems)
 
     def step_fn(step: int):
-        batch = swarm.cache.get(step // cfg.updates_per_rollout)
-        loss, stats, tokens = policy_step(engine, batch, cfg.group_size)
+        batch = swarm.cache.get(step // cfg.rl.updates_per_rollout)
+        loss, stats, tokens = policy_step(engine, batch, cfg.rl.group_size)
         lam_par, lam_fin = swarm.lambdas(step)
         stats.update(lambda_parallel=lam_par, lambda_finish=lam_fin, **{f"swarm_{k}": v for k, v in batch["stats"].items()})
         return loss, stats, tokens
 
-    engine.fit(step_fn, lambda: {"seed": cfg.seed})
+    engine.fit(step_fn, lambda: {"seed": cfg.train.seed})
 
 
 if __name__ == "__main__":

@@ -88,11 +88,11 @@ def cut_at_stop(ids: list[int], stop: set[int]) -> list[int]:
 
 def policy_step(engine, batch: dict, group_size: int) -> tuple[torch.Tensor, dict[str, float], int]:
     """One optimizer step's loss on a stored rollout batch (prompts, responses, rewards, pi_old)."""
-    cfg = engine.cfg
+    cfg = engine.spec
     engine.model.train()
     logp, mask = sequence_logprobs(engine.model, batch["prompts"], batch["responses"], engine.vocab.pad)
     adv = group_advantages(batch["rewards"], group_size).to(logp.device)
-    loss, stats = k25_policy_loss(logp, batch["logp_old"], adv, mask, cfg.ratio_low, cfg.ratio_high, cfg.kl_tau)
+    loss, stats = k25_policy_loss(logp, batch["logp_old"], adv, mask, cfg.rl.ratio_low, cfg.rl.ratio_high, cfg.rl.kl_tau)
     stats.update(reward_mean=float(batch["rewards"].mean()), response_tokens=float(mask.sum() / mask.shape[0]))
     return loss, stats, int(mask.sum())
 

@@ -1,7 +1,8 @@
 """Pre-training stages: ViT warm-up, joint pre-training and long-context mid-training.
 
+    torchrun --nproc-per-node 2 -m training.pretrain --spec <run dir>/spec.json
     torchrun --nproc-per-node 2 -m training.pretrain --stage joint_pretrain --profile tiny \
-        --mixture <artifact root>/mixture/mixture.json --run-dir <uri> --init-from <checkpoint uri>
+        --mixture <artifact root>/mixture/<run>/mixture.json --run-dir <uri> --init-from <checkpoint uri>
 
 The stage's config decides the sources (vision-only captions for the warm-up, the token-level
 10:90 vision:text mix for joint pre-training), the trainable modules and the context length.
@@ -20,8 +21,8 @@ has a committed checkpoint. A resumed phase must have been started from the chec
 ends the phase before it (else it fails: a run dir whose earlier phase was lengthened afterwards).
 One reporter serves all phases: metric steps continue across them (phase offset + step) so the
 loss is one curve in MLflow, and the final report (Pipes metadata, `checkpoint_uri`) is the last
-phase's. Phase lengths and settings are overrides: `phase_steps=14,4,2`, `ctx4k.batch_size=2`
-(training/config.py).
+phase's. Phase lengths and settings are overrides: `phase_steps=14,4,2`, `ctx4k.data.batch_size=2`
+(training/spec.py).
 
 Per-modality loss. Besides the loss, every step logs `loss_text` (targets inside text
 documents) and `loss_vision` (targets inside image-text and video samples: media markers,
@@ -42,13 +43,15 @@ import torch.distributed as dist
 from infra import storage
 from model.multimodal import mean_token_loss, token_cross_entropy
 from training import checkpoint
-from training.config import ConfigError, StageConfig, stage_config
 from training.data import MODALITY_NAMES
 from training.dep import dep_loss_and_backward
-from training.engine import Engine, RunArgs, parse_args
+from training.engine import Engine, verify_or_fail
 from training.loader import LoaderStateError, StreamingLoader
-from training.reporting import Reporter, fail, rank_env
+from training.program import RunContext, program_args
+from training.reporting import Reporter, fail
+from training.runtime import rank_env
 from training.siglip import siglip_loss
+from training.spec import StageInputs, StageSpec
 
 STAGES = ("vit_warmup", "joint_pretrain", "midtrain")
 
@@ -82,25 +85,23 @@ def caption_and_siglip_losses(engine: Engine, tokens, targets, batch):
     h = model.embed(tokens, batch.vision_items)
     logits = model.backbone.forward_embeddings(h, batch.attn_mask.to(tokens.device), None, None)
     contrastive = siglip_loss(h, tokens, vocab.media_pad, vocab.media_end, vocab.eos,
-                              engine.cfg.siglip_temperature, engine.cfg.siglip_bias)
+                              engine.spec.train.siglip_temperature, engine.spec.train.siglip_bias)
     return token_cross_entropy(logits, targets), contrastive
 
 
 def train(engine: Engine) -> None:
     """The training loop of one engine on the streaming loader: a whole stage, or one phase."""
-    cfg = engine.cfg
+    cfg = engine.spec
     try:  # data parallel only for now: the DP rank is the global rank
-        loader = StreamingLoader(engine.mixture, engine.vocab, cfg.sources, cfg.vision_ratio, cfg.seq_len,
-                                 cfg.batch_size, cfg.seed, engine.rank, engine.world, num_workers=cfg.num_workers,
-                                 text_only_warmup_fraction=cfg.text_only_warmup_fraction, steps=cfg.steps,
-                                 state=engine.loader_state or None)
+        loader = StreamingLoader.from_spec(engine.mixture, engine.vocab, cfg.data, cfg.train.seed, cfg.train.steps,
+                                           engine.rank, engine.world, state=engine.loader_state or None)
     except LoaderStateError as e:
         fail(f"cannot resume the data loader: {e}")
     if engine.step != loader.delivered:
         fail(f"checkpoint step {engine.step} but the loader state has delivered {loader.delivered} batches")
     device = engine.device
     distributed = dist.is_initialized() and engine.world > 1
-    use_dep = cfg.dep and distributed
+    use_dep = cfg.parallel.dep and distributed
 
     def step_fn(step: int):
         b = loader.batch(step)
@@ -110,25 +111,25 @@ def train(engine: Engine) -> None:
             loss = dep_loss_and_backward(engine.model, tokens, targets, b.attn_mask.to(device), b.vision_items,
                                          stats=stats)
             token_loss = stats["token_loss"]
-        elif cfg.siglip_weight > 0:
+        elif cfg.train.siglip_weight > 0:
             token_loss, contrastive = caption_and_siglip_losses(engine, tokens, targets, b)
             loss = mean_token_loss(token_loss, targets)
             if contrastive is not None:
-                loss = loss + cfg.siglip_weight * contrastive
+                loss = loss + cfg.train.siglip_weight * contrastive
         else:
             token_loss = engine.model.token_losses(tokens, targets, b.vision_items, b.attn_mask.to(device))
             loss = mean_token_loss(token_loss, targets)
         total = b.text_tokens + b.vision_tokens
         metrics = {"vision_token_ratio": b.vision_tokens / max(1, total)}
-        if cfg.siglip_weight > 0 and not use_dep and contrastive is not None:
+        if cfg.train.siglip_weight > 0 and not use_dep and contrastive is not None:
             metrics["loss_siglip"] = float(contrastive)  # this rank's batch (pairs never cross ranks)
         if b.modality is not None:  # every rank has it (same loader), so the all-reduce is collective
             sums = modality_loss_sums(token_loss, targets, b.modality)
             if distributed:
                 dist.all_reduce(sums)
             metrics.update(modality_metrics(sums))
-        if (step + 1) % cfg.ratio_log_every == 0:
-            window = loader.window_ratio(cfg.ratio_log_every)
+        if (step + 1) % cfg.data.ratio_log_every == 0:
+            window = loader.window_ratio(cfg.data.ratio_log_every)
             engine.reporter.metrics(step + 1, {"vision_token_ratio_window": window})
         return loss, metrics, total
 
@@ -150,45 +151,46 @@ def _committed_step(uri: str | None) -> int | None:
     return None if uri is None else int(checkpoint.read_manifest(uri)[0]["step"])
 
 
-def run_phases(args: RunArgs, cfg: StageConfig) -> None:
-    """Train the phases of `cfg` in order (see the module docstring)."""
-    phases = cfg.phases
-    dirs = [phase_dir(args.run_dir, k, p.name) for k, p in enumerate(phases)]
+def run_phases(spec: StageSpec, run: RunContext) -> None:
+    """Train the phases of `spec` in order (see the module docstring); each phase's own spec
+    was resolved with the stage's, only its inputs (run dir, starting checkpoint) are set here."""
+    phases, inputs = spec.phases, spec.inputs
+    dirs = [phase_dir(inputs.run_dir, k, p.name) for k, p in enumerate(phases)]
     # Every rank reads the same committed state before any rank can write (writes are collective).
     try:
-        if args.init_from:
-            checkpoint.read_manifest(args.init_from)
-        latest = [None if args.resume == "never" else checkpoint.latest(d) for d in dirs]
+        latest = [None if run.resume == "never" else checkpoint.latest(d) for d in dirs]
         steps_done = [_committed_step(u) for u in latest]
     except checkpoint.CheckpointError as e:
         fail(str(e))
-    if args.resume == "must" and not any(latest):
-        fail(f"--resume must: no committed checkpoint under {args.run_dir} (in any of its phase directories "
+    if run.resume == "must" and not any(latest):
+        fail(f"--resume must: no committed checkpoint under {inputs.run_dir} (in any of its phase directories "
              f"{', '.join(dirs)})")
+    mixture = verify_or_fail(inputs.mixture)  # read once for every phase
 
-    reporter = Reporter(rank_env()[0], args.stage, args.tracking_uri, args.mlflow_run_id)
-    init, offset, stop = args.init_from, 0, False
+    reporter = Reporter(rank_env()[0], spec.stage, run.tracking_uri, run.mlflow_run_id)
+    init, offset, stop = inputs.init_from, 0, False
     for k, (phase, run_dir) in enumerate(zip(phases, dirs)):
         last = k == len(phases) - 1
         label = f"phase {k + 1}/{len(phases)} {phase.name!r}"
         if k > 0 and latest[k] is not None:
             started_from = checkpoint.read_manifest(latest[k])[0].get("init_from")
-            if started_from != init:
+            if started_from != (init.uri if init else None):
                 fail(f"{label} in {run_dir} was started from {started_from}, but the phase before it now ends at "
-                     f"{init}; resume with the same phase lengths, or use a new run dir or --resume never")
+                     f"{init.uri}; resume with the same phase lengths, or use a new run dir or --resume never")
         if not last and steps_done[k] is not None and steps_done[k] >= phase.steps:
             reporter.log(f"{label}: complete at {latest[k]}, skipped")
-            init, offset = latest[k], offset + phase.steps
+            init, offset = checkpoint.CheckpointRef.at(latest[k]), offset + phase.steps
             continue
-        pargs = dataclasses.replace(args, overrides={**args.overrides, "phase": phase.name}, run_dir=run_dir,
-                                    init_from=init, resume="auto" if args.resume == "must" else args.resume,
-                                    mlflow_run_id=reporter.run_id)
-        pcfg = stage_config(args.profile, args.stage, pargs.overrides)
-        reporter.log(f"{label}: {phase.steps} steps, seq_len {pcfg.seq_len}, yarn_factor {pcfg.yarn_factor}, "
-                     f"batch_size {pcfg.batch_size}, trainable {','.join(pcfg.trainable)}, from {init}, "
+        pspec = phase.spec.model_copy(update={"inputs": StageInputs(mixture=inputs.mixture, run_dir=run_dir,
+                                                                    init_from=init)})
+        prun = dataclasses.replace(run, resume="auto" if run.resume == "must" else run.resume,
+                                   mlflow_run_id=reporter.run_id)
+        reporter.log(f"{label}: {phase.steps} steps, seq_len {pspec.data.seq_len}, yarn_factor "
+                     f"{pspec.train.yarn_factor}, batch_size {pspec.data.batch_size}, trainable "
+                     f"{','.join(pspec.train.trainable)}, from {init.uri if init else None}, "
                      f"metric steps {offset + 1}..{offset + phase.steps}")
         reporter.step_offset = offset
-        engine = Engine(pargs, reporter=reporter, last=last)
+        engine = Engine(pspec, prun, reporter=reporter, last=last, mixture=mixture)
         # A SIGTERM caught between phases (by the previous engine's handler) stops this one at its
         # first step, after a checkpoint: the usual save-and-exit.
         engine._stop = engine._stop or stop
@@ -196,19 +198,15 @@ def run_phases(args: RunArgs, cfg: StageConfig) -> None:
         stop = engine._stop
         del engine
         gc.collect()
-        init, offset = checkpoint.latest(run_dir), offset + phase.steps
+        init, offset = checkpoint.CheckpointRef.at(checkpoint.latest(run_dir)), offset + phase.steps
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(STAGES, argv)
-    try:
-        cfg = stage_config(args.profile, args.stage, args.overrides)
-    except ConfigError as e:
-        fail(str(e))
-    if cfg.phases and not cfg.phase:
-        run_phases(args, cfg)
+    spec, run = program_args(STAGES, argv)
+    if spec.phases:
+        run_phases(spec, run)
     else:
-        train(Engine(args))
+        train(Engine(spec, run))
 
 
 if __name__ == "__main__":

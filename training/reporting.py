@@ -123,9 +123,6 @@ def _pipes_metadata(metadata: dict) -> dict:
     return out
 
 
-def rank_env() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
 
 class Throughput:
     def __init__(self):

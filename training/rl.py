@@ -1,5 +1,6 @@
 """RL with the K2.5 policy objective on verifiable math (first version).
 
+    torchrun --nproc-per-node 2 -m training.rl --spec <run dir>/spec.json
     torchrun --nproc-per-node 2 -m training.rl --profile tiny --mixture <mixture.json> \
         --run-dir <uri> --init-from <sft checkpoint>
 
@@ -18,7 +19,7 @@ import random
 import torch
 
 from training.data import gsm8k_path, read_jsonl
-from training.engine import Engine, parse_args
+from training.engine import Engine
 from training.policy import (
     RolloutCache,
     cut_at_stop,
@@ -28,6 +29,7 @@ from training.policy import (
     reference_answer,
     sequence_logprobs,
 )
+from training.program import program_args
 
 
 class Rollouts:
@@ -37,18 +39,18 @@ class Rollouts:
 
     @torch.no_grad()
     def collect(self, index: int) -> dict:
-        e, cfg, vocab = self.engine, self.engine.cfg, self.engine.vocab
-        rng = random.Random(f"{cfg.seed}:{e.rank}:{index}")
-        picks = [self.problems[rng.randrange(len(self.problems))] for _ in range(cfg.prompts_per_step)]
-        prompts = [prompt_ids(vocab, p["question"]) for p in picks for _ in range(cfg.group_size)]
-        gen = torch.Generator().manual_seed(hash((cfg.seed, e.rank, index)) % (2**31))
+        e, cfg, vocab = self.engine, self.engine.spec, self.engine.vocab
+        rng = random.Random(f"{cfg.train.seed}:{e.rank}:{index}")
+        picks = [self.problems[rng.randrange(len(self.problems))] for _ in range(cfg.rl.prompts_per_step)]
+        prompts = [prompt_ids(vocab, p["question"]) for p in picks for _ in range(cfg.rl.group_size)]
+        gen = torch.Generator().manual_seed(hash((cfg.train.seed, e.rank, index)) % (2**31))
         e.model.eval()
         stop = {vocab.im_end, vocab.eos}
-        outs = e.model.generate(prompts, cfg.max_new_tokens, stop, cfg.temperature, cfg.top_p, gen)
+        outs = e.model.generate(prompts, cfg.rl.max_new_tokens, stop, cfg.rl.temperature, cfg.rl.top_p, gen)
         responses = [cut_at_stop(o, stop) or [vocab.eos] for o in outs]
         rewards, correct = [], []
         for i, resp in enumerate(responses):
-            r, ok = math_reward(vocab.decode(resp), reference_answer(picks[i // cfg.group_size]["answer"]), cfg.format_reward)
+            r, ok = math_reward(vocab.decode(resp), reference_answer(picks[i // cfg.rl.group_size]["answer"]), cfg.rl.format_reward)
             rewards.append(r)
             correct.append(ok)
         logp_old, mask = sequence_logprobs(e.model, prompts, responses, vocab.pad)
@@ -57,19 +59,19 @@ class Rollouts:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(("rl",), argv)
-    problems = read_jsonl(gsm8k_path(args.data_root, "train"))
-    engine = Engine(args)
-    cfg = engine.cfg
+    spec, run = program_args(("rl",), argv)
+    problems = read_jsonl(gsm8k_path(run.data_root, "train"))
+    engine = Engine(spec, run)
+    cfg = engine.spec
     rollouts = Rollouts(engine, problems)
 
     def step_fn(step: int):
-        batch = rollouts.cache.get(step // cfg.updates_per_rollout)
-        loss, stats, tokens = policy_step(engine, batch, cfg.group_size)
+        batch = rollouts.cache.get(step // cfg.rl.updates_per_rollout)
+        loss, stats, tokens = policy_step(engine, batch, cfg.rl.group_size)
         stats["correct_rate"] = float(batch["correct"].mean())
         return loss, stats, tokens
 
-    engine.fit(step_fn, lambda: {"seed": cfg.seed})
+    engine.fit(step_fn, lambda: {"seed": cfg.train.seed})
 
 
 if __name__ == "__main__":

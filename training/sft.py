@@ -1,5 +1,6 @@
 """Zero-vision SFT: text-only chat data, loss on the assistant turn only (RECIPE.md §5).
 
+    torchrun --nproc-per-node 2 -m training.sft --spec <run dir>/spec.json
     torchrun --nproc-per-node 2 -m training.sft --profile tiny --mixture <mixture.json> \
         --run-dir <uri> --init-from <midtrain checkpoint>
 
@@ -11,16 +12,17 @@ by default only through the data: no media tokens reach the model.
 from __future__ import annotations
 
 from training.data import ChatLoader, gsm8k_path, read_jsonl
-from training.engine import Engine, parse_args
+from training.engine import Engine
+from training.program import program_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(("sft",), argv)
-    examples = read_jsonl(gsm8k_path(args.data_root, "train"))  # fails before the process group starts
-    engine = Engine(args)
-    cfg = engine.cfg
-    loader = ChatLoader(examples, engine.vocab, cfg.seq_len, cfg.batch_size, cfg.seed, engine.rank, engine.world,
-                        cfg.answer_style)
+    spec, run = program_args(("sft",), argv)
+    examples = read_jsonl(gsm8k_path(run.data_root, "train"))  # fails before the process group starts
+    engine = Engine(spec, run)
+    cfg = engine.spec
+    loader = ChatLoader(examples, engine.vocab, cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed, engine.rank, engine.world,
+                        cfg.sft.answer_style)
     device = engine.device
 
     def step_fn(step: int):

@@ -20,7 +20,7 @@ import os
 import torch
 import torch.nn as nn
 
-from training.config import StageConfig
+from training.spec import StageSpec
 
 
 def import_deepspeed():
@@ -32,11 +32,11 @@ def import_deepspeed():
     return deepspeed
 
 
-def zero1_config(cfg: StageConfig, bf16: bool) -> dict:
+def zero1_config(cfg: StageSpec, bf16: bool) -> dict:
     return {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": 1,
-        "gradient_clipping": cfg.grad_clip,
+        "gradient_clipping": cfg.optimizer.grad_clip,
         "zero_optimization": {"stage": 1, "elastic_checkpoint": False},
         "bf16": {"enabled": bf16},
         # our AdamW / param groups are passed in; DeepSpeed only partitions their state
@@ -46,7 +46,7 @@ def zero1_config(cfg: StageConfig, bf16: bool) -> dict:
     }
 
 
-def wrap_zero1(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: StageConfig):
+def wrap_zero1(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: StageSpec):
     """(DeepSpeed engine, ZeRO optimizer) around `model` and our optimizer. The process group must
     already exist (DeepSpeed reuses it)."""
     deepspeed = import_deepspeed()

@@ -1,4 +1,7 @@
-"""Dagster resources: the artifact root, MLflow tracking and the torchrun launcher.
+"""Dagster resources: the run's profile, the artifact root, MLflow tracking and the torchrun launcher.
+
+Below every domain of defs/: the domains import these classes; `make_resources` binds them
+(definitions.py).
 
 Defaults (infra/settings.py) are the embedded setup for one machine: everything under
 `$K25_HOME` (default `./.k25`). Production points `K25_ARTIFACT_ROOT` at `s3://bucket/prefix`
@@ -7,14 +10,33 @@ and `MLFLOW_TRACKING_URI` at a server or PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 from pathlib import Path
+from typing import Iterator
 
 import dagster as dg
 
 from infra import launcher, storage
-from infra.settings import default_artifact_root, default_data_root, default_tracking_uri  # noqa: F401 (re-exported)
+from infra.settings import default_artifact_root, default_tracking_uri
 from infra.tracking import Tracker, check_reachable
+
+
+class RunProfile(dg.ConfigurableResource):
+    """The profile of this run (tiny, small, k25): one value for every asset of a Dagster run,
+    set once in the launchpad's resources section (`resources: {profile: {config: {name: small}}}`)."""
+
+    name: str = "tiny"
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        import recipes
+
+        recipes.load_profile(self.name)  # an unknown profile fails before any step runs
+
+    def load(self):
+        import recipes
+
+        return recipes.load_profile(self.name)
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -50,13 +72,16 @@ class MlflowTracking(dg.ConfigurableResource):
     def tracker(self) -> Tracker:
         return Tracker(self.tracking_uri, self.experiment)
 
-    def stage_run(self, context: dg.AssetExecutionContext, stage: str) -> tuple[Tracker, str]:
-        """(tracker, child run id) for this asset inside the parent run of this Dagster run."""
+    @contextlib.contextmanager
+    def stage_run(self, context: dg.AssetExecutionContext, stage: str) -> Iterator[tuple[Tracker, str]]:
+        """`with mlflow.stage_run(context, stage) as (tracker, run_id):` the child run of this
+        asset inside the parent run of this Dagster run, ended FINISHED or FAILED on every path."""
         tracker = self.tracker()
         parent = tracker.parent_run(context.run_id, context.job_name)
         tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
                 "dagster.code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or ""}
-        return tracker, tracker.child_run(parent, stage, tags)
+        with tracker.closing(tracker.child_run(parent, stage, tags)) as run_id:
+            yield tracker, run_id
 
 
 class TorchrunLauncher(dg.ConfigurableResource):
@@ -74,3 +99,13 @@ class TorchrunLauncher(dg.ConfigurableResource):
         invocation = client.run(context=context, command=command, extras=extras or {},
                                 env={**launcher.program_env(), **(env or {})})
         return invocation.get_materialize_result()
+
+
+def make_resources(artifact_root: str | None = None, tracking_uri: str | None = None, nproc_per_node: int = 0,
+                   profile: str = "tiny") -> dict:
+    return {
+        "profile": RunProfile(name=profile),
+        "artifacts": ArtifactStore(root=artifact_root or default_artifact_root()),
+        "mlflow": MlflowTracking(tracking_uri=tracking_uri or default_tracking_uri()),
+        "launcher": TorchrunLauncher(nproc_per_node=nproc_per_node),
+    }

@@ -3,25 +3,23 @@
 Each writes deterministic WebDataset shards plus a Parquet manifest to a fresh folder under the
 artifact root (`curated/<kind>/<dagster run id>/`), so a training run's recorded data URI always
 holds exactly the bytes it trained on. The data version is the set's content digest: an
-unchanged source gives the same digest and downstream assets stay fresh.
+unchanged source gives the same digest and downstream assets stay fresh. The curation settings
+are the run profile's (recipes/), overridden by the launchpad's typed fields.
 """
-
-
-import dataclasses
 
 import dagster as dg
 
-from assets.common import check_specs, upstream_metadata
 from curation.image_text import ImageCurationConfig, curate_image_text
 from curation.preview import preview_markdown
 from curation.shards import CuratedSet
 from curation.sources import SourceSpec
 from curation.text import TextCurationConfig, curate_text
 from curation.video import VideoCurationConfig, curate_video
-from pipelines.resources import ArtifactStore, MlflowTracking
-from training.config import ConfigError, apply_overrides, load_profile
+from defs.common import check_specs, overrides_config, resolve_or_fail, set_fields
+from defs.resources import ArtifactStore, MlflowTracking, RunProfile
+from infra.refs import CuratedSetRef
 
-CODE_VERSION = "curation-v2"
+CODE_VERSION = "curation-v3"
 CURATION_CHECKS = ("has_samples", "rejected_fraction_below_threshold")
 
 
@@ -42,35 +40,40 @@ class SourceSpecConfig(dg.Config):
 
 
 class CurationRunConfig(dg.Config):
-    profile: str = "tiny"
-    overrides: dict[str, str] = {}  # fields of the kind's curation config, e.g. max_digits: "200"
     # Replaces the kind's default sources (the bundled samples) when non-empty.
     sources: list[SourceSpecConfig] = []
     max_rejected_fraction: float = 0.5  # the blocking check fails above this share of rejected samples
 
 
-def _curation_config(default, config: CurationRunConfig):
-    try:
-        load_profile(config.profile)
-        cfg = apply_overrides(default, config.overrides, type(default).__name__)
-        if config.sources:
-            cfg = dataclasses.replace(cfg, sources=[SourceSpec(**s.model_dump()) for s in config.sources])
-        cfg.validate()
-        return cfg
-    except (ConfigError, ValueError) as e:
-        raise dg.Failure(description=f"invalid curation config: {e}") from e
+def _run_config(name: str, block: type) -> type:
+    return overrides_config(name, block, skip=("sources",), base=CurationRunConfig)
 
 
-def _result(context, mlflow: MlflowTracking, asset: str, curated: CuratedSet, config: CurationRunConfig) -> dg.MaterializeResult:
+TextRunConfig = _run_config("TextCurationRunConfig", TextCurationConfig)
+ImageRunConfig = _run_config("ImageCurationRunConfig", ImageCurationConfig)
+VideoRunConfig = _run_config("VideoCurationRunConfig", VideoCurationConfig)
+
+
+def curation_config(kind: str, config: CurationRunConfig, profile: RunProfile):
+    import recipes
+
+    overrides = {k: v for k, v in set_fields(config).items() if k not in ("sources", "max_rejected_fraction")}
+    if config.sources:
+        overrides["sources"] = [SourceSpec(**s.model_dump()) for s in config.sources]
+    return resolve_or_fail(recipes.resolve_curation, profile.name, kind, overrides)
+
+
+def curated_result(context, mlflow: MlflowTracking, asset: str, curated: CuratedSet,
+                   config: CurationRunConfig) -> dg.MaterializeResult:
     rejected = sum(curated.rejected.values())
     fraction = rejected / max(1, rejected + curated.num_samples)
-    tracker, run_id = mlflow.stage_run(context, asset)
-    tracker.log_metrics(run_id, {"num_samples": curated.num_samples, "rejected": rejected,
-                                 "rejected_fraction": fraction}, step=0, synchronous=True)
-    tracker.client.set_tag(run_id, "k25.data_digest", curated.digest)
-    tracker.finish(run_id)
+    with mlflow.stage_run(context, asset) as (tracker, run_id):
+        tracker.log_metrics(run_id, {"num_samples": curated.num_samples, "rejected": rejected,
+                                     "rejected_fraction": fraction}, step=0, synchronous=True)
+        tracker.client.set_tag(run_id, "k25.data_digest", curated.digest)
+    ref = CuratedSetRef(uri=curated.uri, digest=curated.digest, modality=curated.modality)
     metadata = {
-        "set_uri": curated.uri, "manifest_uri": curated.manifest_uri, "digest": curated.digest,
+        **ref.to_metadata(), "manifest_uri": curated.manifest_uri,
         "num_samples": curated.num_samples, "num_shards": curated.num_shards,
         "rejected": rejected,
         "rejected_by_reason": dg.MetadataValue.json(curated.rejected),
@@ -91,40 +94,35 @@ def _result(context, mlflow: MlflowTracking, asset: str, curated: CuratedSet, co
 
 @dg.asset(group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
           check_specs=check_specs("text_corpus", CURATION_CHECKS))
-def text_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, artifacts: ArtifactStore,
-                mlflow: MlflowTracking) -> dg.MaterializeResult:
+def text_corpus(context: dg.AssetExecutionContext, config: TextRunConfig, profile: RunProfile,
+                artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:
     """Text documents (CPython reference prose, the KJV bible by chapter): Unicode-normalised,
     filtered by length, letter share, stop-word share, word length and repeated lines, split when
     long, exact and MinHash near-duplicates removed; rejects listed in quarantine.jsonl."""
-    cfg = _curation_config(TextCurationConfig(), config)
+    cfg = curation_config("text", config, profile)
     curated = curate_text(artifacts.uri("curated", "text", context.run_id), cfg)
-    return _result(context, mlflow, "text_corpus", curated, config)
+    return curated_result(context, mlflow, "text_corpus", curated, config)
 
 
 @dg.asset(group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
           check_specs=check_specs("image_text_corpus", CURATION_CHECKS))
-def image_text_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, artifacts: ArtifactStore,
-                      mlflow: MlflowTracking) -> dg.MaterializeResult:
+def image_text_corpus(context: dg.AssetExecutionContext, config: ImageRunConfig, profile: RunProfile,
+                      artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:
     """Captioned images (scikit-image samples, labelled scikit-learn digits, or your own sources),
     decoded, validated and resized by the recipe's NaViT rule (aspect ratio kept, downscale only to
     `patch_limit` patches, zero-padded to multiples of 28 px: whole 2x2-merged patch tokens)."""
-    cfg = _curation_config(ImageCurationConfig(), config)
+    cfg = curation_config("image_text", config, profile)
     curated = curate_image_text(artifacts.uri("curated", "image_text", context.run_id), cfg)
-    return _result(context, mlflow, "image_text_corpus", curated, config)
+    return curated_result(context, mlflow, "image_text_corpus", curated, config)
 
 
 @dg.asset(group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
           check_specs=check_specs("video_corpus", CURATION_CHECKS))
-def video_corpus(context: dg.AssetExecutionContext, config: CurationRunConfig, artifacts: ArtifactStore,
-                 mlflow: MlflowTracking) -> dg.MaterializeResult:
+def video_corpus(context: dg.AssetExecutionContext, config: VideoRunConfig, profile: RunProfile,
+                 artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:
     """Real video clips decoded with PyAV (streaming), sampled at min(sample_fps, native fps),
     resized by the NaViT rule with the per-frame patch limit and grouped into 4-frame chunks, each
     with its hh:mm:ss.fff start time."""
-    cfg = _curation_config(VideoCurationConfig(), config)
+    cfg = curation_config("video", config, profile)
     curated = curate_video(artifacts.uri("curated", "video", context.run_id), cfg)
-    return _result(context, mlflow, "video_corpus", curated, config)
-
-
-def curated_set_of(context: dg.AssetExecutionContext, key: str) -> CuratedSet:
-    """The CuratedSet written by the latest materialization of a curation asset."""
-    return CuratedSet.load(upstream_metadata(context, key, ("set_uri",))["set_uri"])
+    return curated_result(context, mlflow, "video_corpus", curated, config)

@@ -1,0 +1,402 @@
+"""The training run spec: one typed block per component, composed into a `StageSpec`.
+
+    StageSpec(stage, profile, model, nproc_per_node,
+              train=TrainConfig, data=DataConfig, optimizer=OptimizerConfig,
+              parallel=ParallelConfig, checkpoint=CheckpointConfig,
+              sft=SFTConfig | None, rl=RLConfig | None, parl=PARLConfig | None,
+              phases=(Phase, ...), inputs=StageInputs)
+
+Each block checks its own fields (pydantic constraints, a validator for what spans fields);
+`StageSpec` checks what spans blocks (ZeRO-1 with DEP or expert parallelism, SigLIP with DEP,
+the post-training block a stage needs, phases). The profiles that fill these blocks are in
+`recipes/`; `resolve_stage` applies overrides to a profile's spec once.
+
+Phases. A stage may train in `phases` (sub-stages run in order by one program, each starting
+from the previous one's final checkpoint): mid-training's context lengths (RECIPE.md §3.1) and
+the ViT warm-up's caption / projector-only stages (§3.2). A `Phase` has a name, a step count and
+overrides of the stage spec. Values resolve as
+
+    profile < stage-level overrides < the phase's own overrides < `<phase>.<block>.<field>`
+
+A stage-level override of a field that some phase sets itself (`data.seq_len` for mid-training,
+and always `train.steps`) is rejected, since the phase would silently win; set it per phase:
+`phase_steps=14,4,2` (one count per phase, in order) or `ctx4k.data.batch_size=2`. Resolution
+fills every phase's own complete spec (`Phase.spec`), so the program only reads them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, model_validator
+
+from infra.refs import CheckpointRef, MixtureRef
+from infra.spec import Block, SpecError, apply_overrides, parse_value
+from model.config import PRESETS
+
+MODULE_GROUPS = ("vision", "projector", "llm")
+SOURCES = ("text", "image_text", "video")
+PHASE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # used in run-dir names and `<phase>.<...>` keys
+
+ModuleGroup = Literal["vision", "projector", "llm"]
+SourceName = Literal["text", "image_text", "video"]
+
+
+# ---- the stage list, defined once: the asset chain, the programs and evaluation derive from it
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    program: str  # the module torchrun starts
+    group: str  # the Dagster asset group (and defs/ domain)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("vit_warmup", "training.pretrain", "pretrain"),
+    Stage("joint_pretrain", "training.pretrain", "pretrain"),
+    Stage("midtrain", "training.pretrain", "pretrain"),
+    Stage("sft", "training.sft", "posttrain"),
+    Stage("rl", "training.rl", "posttrain"),
+    Stage("parl", "training.parl", "posttrain"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+StageName = Literal["vit_warmup", "joint_pretrain", "midtrain", "sft", "rl", "parl"]
+
+
+def stage_info(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise SpecError(f"unknown stage {name!r}; known: {STAGE_NAMES}")
+
+
+def upstream_of(name: str) -> str | None:
+    """The stage whose checkpoint `name` starts from (None for the first)."""
+    index = STAGE_NAMES.index(stage_info(name).name)
+    return STAGE_NAMES[index - 1] if index else None
+
+
+# ---- component blocks
+
+class TrainConfig(Block):
+    steps: int = Field(40, gt=0)
+    """Optimizer steps of the stage (of the phase, inside a phase's spec)."""
+    seed: int = 1234
+    """Seeds the initial weights, the data order and sampling."""
+    trainable: tuple[ModuleGroup, ...] = MODULE_GROUPS
+    """Module groups that get gradients; the others stay bitwise unchanged."""
+    yarn_factor: float | None = Field(None, ge=1)
+    """YaRN factor over the model's original context; None keeps the upstream checkpoint's."""
+    router_bias_rate: float = Field(1e-3, ge=0)
+    """Aux-loss-free router-bias step (DeepSeek-V3's value; K2 [not stated])."""
+    log_every: int = Field(5, gt=0)
+    """Log metrics every this many steps."""
+    siglip_weight: float = Field(0.0, ge=0)
+    """ViT warm-up: weight of a SigLIP-style contrastive loss beside the caption loss (0 = off) [not stated]."""
+    siglip_temperature: float = Field(10.0, gt=0)
+    """SigLIP's fixed logit temperature."""
+    siglip_bias: float = -10.0
+    """SigLIP's fixed logit bias."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.trainable:
+            raise ValueError(f"trainable must be a non-empty subset of {MODULE_GROUPS}")
+        return self
+
+
+class DataConfig(Block):
+    sources: tuple[SourceName, ...] = SOURCES
+    """Which curated sets of the mixture this stage reads."""
+    vision_ratio: float = Field(0.1, ge=0, lt=1)
+    """Vision share of all tokens; 10:90 from step 0 is early fusion (the recipe's choice)."""
+    text_only_warmup_fraction: float = Field(0.0, ge=0, lt=1)
+    """Fusion schedule: this fraction of the steps is text-only, then vision_ratio applies (0 = early fusion)."""
+    seq_len: int = Field(128, gt=0)
+    """Tokens per packed sequence."""
+    batch_size: int = Field(4, gt=0)
+    """Sequences per rank per step."""
+    num_workers: int = Field(1, ge=0)
+    """Data-loader worker processes per rank (0 = in the training process)."""
+    ratio_log_every: int = Field(10, gt=0, le=100)
+    """Log the realised vision token ratio over the last this-many steps."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.text_only_warmup_fraction > 0 and "text" not in self.sources:
+            raise ValueError("text_only_warmup_fraction > 0 needs the text source")
+        return self
+
+
+class OptimizerConfig(Block):
+    name: Literal["adamw", "muonclip"] = "adamw"
+    """adamw, or muonclip (Muon + RMS matching + per-head QK-Clip, RECIPE.md §1.5)."""
+    lr: float = Field(3e-3, gt=0)
+    """Peak learning rate."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """WSD: the decay ends at lr * min_lr_ratio."""
+    warmup_steps: int = Field(5, ge=0)
+    """WSD: linear warmup steps."""
+    decay_fraction: float = Field(0.2, ge=0, le=1)
+    """WSD: the last fraction of steps decays linearly to the minimum."""
+    weight_decay: float = Field(0.1, ge=0)
+    """Decoupled weight decay of matrices."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Global gradient-norm clip."""
+    qk_clip_tau: float = Field(100.0, gt=0)
+    """QK-Clip threshold on each head's max attention logit (K2: 100)."""
+
+
+class ParallelConfig(Block):
+    zero_stage: int = Field(0, ge=0, le=1)
+    """0: replicated optimizer, gradients all-reduced; 1: ZeRO-1 (DeepSpeed's for AdamW, whole-matrix sharding for MuonClip)."""
+    expert_parallel: int = Field(1, ge=1)
+    """Routed experts sharded over groups of this many ranks with all-to-all dispatch (paper: EP16)."""
+    dep: bool = False
+    """Decoupled Encoder Process: balanced ViT forward / recompute across ranks (RECIPE.md §4.2)."""
+
+
+class CheckpointConfig(Block):
+    every: int = Field(20, gt=0)
+    """Commit a checkpoint every this many steps (and always at the last step and on SIGTERM)."""
+
+
+class SFTConfig(Block):
+    answer_style: Literal["solution", "final"] = "solution"
+    """SFT targets: the worked GSM8K solution, or only its `#### N` line."""
+
+
+class RLConfig(Block):
+    prompts_per_step: int = Field(2, gt=0)
+    """Prompts per rank per rollout batch."""
+    group_size: int = Field(4, gt=0)
+    """Samples per prompt (the group of the group-mean baseline)."""
+    max_new_tokens: int = Field(32, gt=0)
+    """Sampling budget per response."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling threshold."""
+    updates_per_rollout: int = Field(2, gt=0)
+    """Optimizer steps per rollout batch (makes pi_old != pi_theta)."""
+    ratio_low: float = 0.5
+    """alpha: tokens with pi/pi_old below it get no gradient [not stated]."""
+    ratio_high: float = 2.0
+    """beta: tokens with pi/pi_old above it get no gradient [not stated]."""
+    kl_tau: float = Field(0.01, ge=0)
+    """tau of the squared log-ratio penalty [not stated]."""
+    format_reward: float = Field(0.2, ge=0)
+    """Rule reward for a well-formed but wrong final answer line (partial credit)."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not 0 < self.ratio_low < 1 < self.ratio_high:
+            raise ValueError(f"need 0 < ratio_low < 1 < ratio_high (got {self.ratio_low}, {self.ratio_high})")
+        return self
+
+
+class PARLConfig(Block):
+    swarm_subtasks: int = Field(4, gt=0)
+    """Independent problems per wide-search task."""
+    critical_step_budget: int = Field(4, gt=0)
+    """Episode budget in critical steps."""
+    lambda_parallel: float = Field(0.5, ge=0)
+    """Initial lambda1 of r_parallel, annealed linearly to 0 [not stated]."""
+    lambda_finish: float = Field(0.5, ge=0)
+    """Initial lambda2 of r_finish, annealed linearly to 0 [not stated]."""
+    eval_examples: int = Field(16, gt=0)
+    """Tasks of the before/after swarm evaluation."""
+
+
+class StageInputs(Block):
+    """What the stage reads and where it writes; set by the resolver, never by a profile."""
+
+    mixture: MixtureRef
+    """The data and tokenizer (mixture.json)."""
+    run_dir: str
+    """This run's checkpoint folder (spec.json lies in it)."""
+    init_from: CheckpointRef | None = None
+    """The upstream stage's checkpoint (None: fresh weights)."""
+
+
+class Phase(Block):
+    name: str
+    """Used in run-dir names (`phase-<k>-<name>`) and `<name>.<block>.<field>` overrides."""
+    steps: int = Field(gt=0)
+    """Steps of this phase."""
+    overrides: dict[str, Any] = {}
+    """Dotted-path overrides of the stage spec for this phase."""
+    spec: "StageSpec | None" = None
+    """The phase's complete spec, filled by resolve_stage."""
+
+
+RESERVED = ("stage", "profile", "phases", "phase", "inputs", "model", "nproc_per_node")
+POST_TRAINING_BLOCKS = {"sft": ("sft",), "rl": ("rl",), "parl": ("rl", "parl")}
+
+
+class StageSpec(Block):
+    stage: StageName
+    """Which training stage."""
+    profile: str
+    """The profile this spec was resolved from (one per run)."""
+    model: str
+    """Model preset (model/config.py) for fresh weights; a checkpoint's own config wins."""
+    nproc_per_node: int = Field(gt=0)
+    """Ranks per node the profile plans for."""
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    sft: SFTConfig | None = None
+    rl: RLConfig | None = None
+    parl: PARLConfig | None = None
+    phases: tuple[Phase, ...] = ()
+    """Sub-stages trained in order by one program; () = the stage is one run."""
+    phase: str = ""
+    """The phase this spec is (\"\" = the stage as a whole)."""
+    inputs: StageInputs | None = None
+    """Set by the resolver (asset or CLI) before launch."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        errors = []
+        if self.model not in PRESETS:
+            errors.append(f"model: unknown preset {self.model!r}; known: {sorted(PRESETS)}")
+        if self.parallel.zero_stage == 1:
+            # DeepSpeed ZeRO-1 (AdamW) owns the backward: not with our DEP path. Expert shards
+            # differ per rank, so their optimizer state cannot be partitioned again.
+            if self.parallel.dep and self.optimizer.name == "adamw":
+                errors.append("parallel.zero_stage=1 cannot be combined with parallel.dep=true with "
+                              "optimizer.name=adamw; use zero_stage=0 for it")
+            if self.parallel.expert_parallel > 1:
+                errors.append("parallel.zero_stage=1 cannot be combined with parallel.expert_parallel>1; "
+                              "use zero_stage=0 for it")
+        if self.train.siglip_weight > 0 and self.parallel.dep:
+            errors.append("train.siglip_weight > 0 needs the plain forward (parallel.dep=false): DEP runs its own backward")
+        for block in POST_TRAINING_BLOCKS.get(self.stage, ()):
+            if getattr(self, block) is None:
+                errors.append(f"stage {self.stage!r} needs the {block!r} block")
+        errors += self._phase_errors()
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def _phase_errors(self) -> list[str]:
+        names = [p.name for p in self.phases]
+        errors = [f"phase name {n!r} must match {PHASE_NAME.pattern} and not be a block name"
+                  for n in names if not PHASE_NAME.match(n) or n in type(self).model_fields]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            errors.append(f"phase names must be unique (repeated: {dupes})")
+        for p in self.phases:
+            bad = [k for k in p.overrides if k.split(".")[0] in RESERVED or k == "train.steps"]
+            if bad:
+                errors.append(f"phase {p.name!r}: {bad} cannot be set per phase (steps is Phase.steps)")
+        if self.phase and (self.phases or not PHASE_NAME.match(self.phase)):
+            errors.append(f"phase={self.phase!r}: a phase's own spec is a phase name and has no phases")
+        return errors
+
+    def phase_index(self, name: str) -> int:
+        names = [p.name for p in self.phases]
+        if name not in names:
+            raise SpecError(f"stage {self.stage!r} has no phase {name!r}; phases: {names or 'none'}")
+        return names.index(name)
+
+    @property
+    def optimizer_per_rank(self) -> bool:
+        """Optimizer state differs per rank (ZeRO partitions, expert shards): saved per rank."""
+        return self.parallel.zero_stage == 1 or self.parallel.expert_parallel > 1
+
+
+Phase.model_rebuild()
+
+
+# ---- resolution: profile spec + overrides, once
+
+def _split(overrides: Mapping[str, Any], spec: StageSpec):
+    """(stage-level, {phase: {path: value}}, phase_steps) from flat dotted overrides."""
+    names = {p.name for p in spec.phases}
+    plain, scoped, phase_steps = {}, {}, None
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if key == "phase_steps":
+            phase_steps = value
+        elif head in RESERVED:
+            raise SpecError(f"override {key!r} is not supported: {head} is set by the profile and the resolver; "
+                            "phase lengths and settings are phase_steps=... and <phase>.<block>.<field>=...")
+        elif head in names or (rest and head not in type(spec).model_fields):
+            if head not in names:
+                raise SpecError(f"override {key!r}: stage {spec.stage!r} has no block or phase {head!r}; "
+                                f"phases: {sorted(names) or 'none'}")
+            scoped.setdefault(head, {})[rest] = value
+        else:
+            plain[key] = value
+    return plain, scoped, phase_steps
+
+
+def _phase_steps(spec: StageSpec, raw) -> list[int]:
+    names = [p.name for p in spec.phases]
+    if raw is None:
+        return [p.steps for p in spec.phases]
+    values = parse_value(list[int], raw) if isinstance(raw, str) else list(raw)
+    try:
+        steps = [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise SpecError(f"override phase_steps={raw!r}: expected comma-separated integers") from None
+    if len(steps) != len(names):
+        raise SpecError(f"override phase_steps={raw!r}: stage {spec.stage!r} has {len(names)} phases "
+                        f"({', '.join(names)}), got {len(steps)} counts")
+    return steps
+
+
+def resolve_stage(base: StageSpec, overrides: Mapping[str, Any] | None = None,
+                  inputs: StageInputs | None = None) -> StageSpec:
+    """The validated spec of one stage: the profile's `base`, then `overrides` (dotted paths),
+    then every phase resolved into its own complete spec. Raises SpecError naming the field."""
+    plain, scoped, phase_steps = _split(overrides or {}, base)
+    what = f"stage {base.stage!r} (profile {base.profile!r})"
+    spec = apply_overrides(base, plain, what)
+    if not spec.phases:
+        if scoped or phase_steps is not None:
+            raise SpecError(f"override {'phase_steps' if phase_steps is not None else next(iter(scoped))!r}: "
+                            f"stage {spec.stage!r} has no phases")
+        return spec.model_copy(update={"inputs": inputs})
+    _reject_shadowed(spec, plain)
+    steps = _phase_steps(spec, phase_steps)
+    stage_only = spec.model_copy(update={"phases": ()})
+    phases = []
+    for k, (p, n) in enumerate(zip(spec.phases, steps)):
+        extra = dict(scoped.get(p.name, {}))
+        n = int(parse_value(int, extra.pop("train.steps", n)))
+        own = {**p.overrides, **extra}
+        # phase k reads fresh shard orders and shuffles (seed + k) unless it sets its own seed
+        fixed = {"train.steps": n, "phase": p.name, "train.seed": own.pop("train.seed", spec.train.seed + k)}
+        pspec = apply_overrides(stage_only, {**own, **fixed}, f"{what} phase {p.name!r}")
+        phases.append(Phase(name=p.name, steps=n, overrides=own, spec=pspec))
+    return spec.model_copy(update={"phases": tuple(phases), "inputs": inputs})
+
+
+def _reject_shadowed(spec: StageSpec, plain: Mapping[str, Any]) -> None:
+    for key in plain:
+        by = [p.name for p in spec.phases if key in p.overrides or key == "train.steps"]
+        if by:
+            hint = (f"phase_steps={','.join(str(p.steps) for p in spec.phases)}" if key == "train.steps"
+                    else f"{by[0]}.{key}=...")
+            raise SpecError(f"override {key!r}: stage {spec.stage!r} sets it per phase ({', '.join(by)}), which "
+                            f"would win over a stage-level value; set it per phase instead, e.g. {hint}")
+
+
+def wsd_lr(spec: StageSpec, step: int) -> float:
+    """Warmup-stable-decay: linear warmup, constant, then linear decay to min_lr over the tail."""
+    opt, steps = spec.optimizer, spec.train.steps
+    if step < opt.warmup_steps:
+        return opt.lr * (step + 1) / opt.warmup_steps
+    decay_start = int(steps * (1 - opt.decay_fraction))
+    if step < decay_start:
+        return opt.lr
+    frac = (step - decay_start) / max(1, steps - decay_start)
+    return opt.lr * (1 - frac * (1 - opt.min_lr_ratio))
+
