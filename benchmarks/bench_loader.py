@@ -33,23 +33,24 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import helpers
-    from training.config import stage_config
 
+    import recipes
+    from curation.mixture import read_mixture
     from model.config import model_preset
     from model.multimodal import K25Model
-    from training.data import load_mixture, load_vocab
+    from training.data import load_vocab
     from training.loader import StreamingLoader
 
-    cfg = stage_config("tiny", args.stage)
+    spec = recipes.resolve_stage("tiny", args.stage, {"data.num_workers": args.workers})
+    cfg = spec.data
     torch.set_num_threads(1)  # as the stage programs run (OMP_NUM_THREADS=1 per rank)
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as root:
         data = helpers.build_tiny_data(root)
-        mixture = load_mixture(data.mixture_uri)
+        mixture = read_mixture(data.mixture_uri)
         vocab = load_vocab(mixture)
 
         def loader():
-            return StreamingLoader(mixture, vocab, cfg.sources, cfg.vision_ratio, cfg.seq_len, cfg.batch_size,
-                                   cfg.seed, dp_rank=0, dp_size=2, num_workers=args.workers, steps=10**6)
+            return StreamingLoader.from_spec(mixture, vocab, cfg, spec.train.seed, 10**6, dp_rank=0, dp_size=2)
 
         ld = loader()
         t0 = time.perf_counter()

@@ -46,8 +46,7 @@ def _tensor_bytes(obj) -> int:
 
 
 def _variant(name: str, rank: int, world: int, a) -> tuple[float, int]:
-    from training.config import StageConfig
-
+    import recipes
     from benchmarks.bench_dep import _all_reduce as average_gradients
     from model.config import model_preset
     from model.multimodal import K25Model
@@ -57,7 +56,8 @@ def _variant(name: str, rank: int, world: int, a) -> tuple[float, int]:
     torch.manual_seed(0)
     model = K25Model(model_preset(a.model, vocab_size=512), media_pad_id=5)
     params = [p for p in model.parameters()]
-    cfg = StageConfig(batch_size=a.batch, grad_clip=1.0)
+    cfg = recipes.resolve_stage("tiny", "joint_pretrain", {"data.batch_size": a.batch, "optimizer.grad_clip": 1.0,
+                                                           "optimizer.name": "adamw"})
     ds = None
     if name.startswith("adamw"):
         opt = torch.optim.AdamW(params, lr=1e-3)

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from curation.shards import CuratedSet, iter_samples, read_manifest
 from curation.tokenizer import load_tokenizer
-from infra.refs import TokenizerRef
 from infra import storage
+from infra.refs import TokenizerRef
 
 VISION_MODALITIES = ("image_text", "video")
 MIXTURE_FILE = "mixture.json"

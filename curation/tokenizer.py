@@ -8,7 +8,6 @@ special tokens and the chat format, because the data and model code depend on th
 from __future__ import annotations
 
 import tempfile
-
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -128,8 +128,9 @@ def postgres_url(postgres_db_factory):
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """(mixture manifest, Vocab) of a small curated data set with its tokenizer."""
-    from training.data import load_mixture, load_vocab
+    from curation.mixture import read_mixture
+    from training.data import load_vocab
 
     data = helpers.build_tiny_data(str(tmp_path_factory.mktemp("tiny-data")))
-    mixture = load_mixture(data.mixture_uri)
+    mixture = read_mixture(data.mixture_uri)
     return mixture, load_vocab(mixture)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_ROOT = (REPO_ROOT / ".." / "shared" / "data").resolve()
+# The benchmark data: K25_DATA_ROOT, else ../shared/data beside the checkout (defined here only).
+DATA_ROOT = Path(os.environ.get("K25_DATA_ROOT") or REPO_ROOT.parent / "shared" / "data").resolve()
 
 
 def unique_name(prefix: str, sep: str = "-") -> str:
@@ -74,7 +75,7 @@ class TinyData:
     mixture_uri: str  # the mixture.json URI
 
 
-def build_tiny_data(root_uri: str, vision_ratio: float = 0.1) -> TinyData:
+def build_tiny_data(root_uri: str) -> TinyData:
     """Curate tiny text, image-text and video sets, train a tokenizer and build a mixture, all
     under `root_uri` (a local folder or s3:// prefix)."""
     from curation.image_text import ImageCurationConfig, curate_image_text
@@ -91,7 +92,7 @@ def build_tiny_data(root_uri: str, vision_ratio: float = 0.1) -> TinyData:
     }
     tok = train_tokenizer(sets["text"].uri, storage.join(root_uri, "tokenizer"), vocab_size=TINY_VOCAB)
     mix_root = storage.join(root_uri, "mixture")
-    mixture = build_mixture(sets, tok, mix_root, vision_ratio=vision_ratio)
+    mixture = build_mixture(sets, tok, mix_root)
     return TinyData(sets, tok, mixture, storage.join(mix_root, MIXTURE_FILE))
 
 

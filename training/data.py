@@ -1,4 +1,4 @@
-"""Shared data pieces: the tokenizer's special ids (`Vocab`), the mixture manifest, the `Batch`
+"""Shared data pieces: the tokenizer's special ids (`Vocab`), the `Batch`
 every loader yields, and the chat (SFT) loader. Pre-training batches stream from
 `training/loader.py`.
 """
@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from curation.tokenizer import chat_template, load_tokenizer
-from infra import storage
 
 
 class Vocab:
@@ -36,13 +35,6 @@ class Vocab:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
-
-
-def load_mixture(mixture_uri: str) -> dict:
-    uri = mixture_uri if mixture_uri.endswith(".json") else storage.join(mixture_uri, "mixture.json")
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"mixture manifest not found at {uri}")
-    return json.loads(storage.read_text(uri))
 
 
 # What each input position of a packed row belongs to (`Batch.modality`). A position's target is

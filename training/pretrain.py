@@ -40,7 +40,6 @@ import gc
 import torch
 import torch.distributed as dist
 
-from infra import storage
 from model.multimodal import mean_token_loss, token_cross_entropy
 from training import checkpoint
 from training.data import MODALITY_NAMES
@@ -51,7 +50,7 @@ from training.program import RunContext, program_args
 from training.reporting import Reporter, fail
 from training.runtime import rank_env
 from training.siglip import siglip_loss
-from training.spec import StageInputs, StageSpec
+from training.spec import StageInputs, StageSpec, phase_dirs
 
 STAGES = ("vit_warmup", "joint_pretrain", "midtrain")
 
@@ -143,10 +142,6 @@ def train(engine: Engine) -> None:
 # Phases
 
 
-def phase_dir(run_dir: str, index: int, name: str) -> str:
-    return storage.join(run_dir, f"phase-{index}-{name}")
-
-
 def _committed_step(uri: str | None) -> int | None:
     return None if uri is None else int(checkpoint.read_manifest(uri)[0]["step"])
 
@@ -155,7 +150,7 @@ def run_phases(spec: StageSpec, run: RunContext) -> None:
     """Train the phases of `spec` in order (see the module docstring); each phase's own spec
     was resolved with the stage's, only its inputs (run dir, starting checkpoint) are set here."""
     phases, inputs = spec.phases, spec.inputs
-    dirs = [phase_dir(inputs.run_dir, k, p.name) for k, p in enumerate(phases)]
+    dirs = phase_dirs(spec)
     # Every rank reads the same committed state before any rank can write (writes are collective).
     try:
         latest = [None if run.resume == "never" else checkpoint.latest(d) for d in dirs]

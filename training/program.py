@@ -22,7 +22,7 @@ from infra.settings import default_data_root
 from infra.spec import SpecError, read_spec, write_spec
 from training.reporting import fail
 from training.runtime import rank_env
-from training.spec import StageInputs, StageSpec
+from training.spec import StageInputs, StageSpec, phase_dirs
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,14 @@ def standalone_spec(a: argparse.Namespace) -> StageSpec:
         raise SpecError("without --spec, --mixture and --run-dir are required")
     inputs = StageInputs(mixture=MixtureRef.at(a.mixture), run_dir=a.run_dir,
                          init_from=CheckpointRef.at(a.init_from) if a.init_from else None)
-    spec = recipes.resolve_stage(a.profile, a.stage, parse_overrides(a.overrides), inputs)
-    if rank_env()[0] == 0:
-        write_spec(spec, a.run_dir)
-    return spec
+    return recipes.resolve_stage(a.profile, a.stage, parse_overrides(a.overrides), inputs)
+
+
+def committed_anywhere(spec: StageSpec) -> bool:
+    """Whether the run folder (or one of its phase folders) holds a committed checkpoint."""
+    from training import checkpoint
+
+    return any(checkpoint.latest(d) for d in [spec.inputs.run_dir, *phase_dirs(spec)])
 
 
 def program_args(stages: tuple[str, ...], argv: list[str] | None = None) -> tuple[StageSpec, RunContext]:
@@ -87,4 +91,8 @@ def program_args(stages: tuple[str, ...], argv: list[str] | None = None) -> tupl
         fail(f"spec is for stage {spec.stage!r}; this program runs {stages}")
     if spec.inputs is None:
         fail("spec has no inputs (mixture, run_dir): resolve it with inputs before launch")
+    if a.resume == "must" and not committed_anywhere(spec):
+        fail(f"--resume must: no committed checkpoint under {spec.inputs.run_dir}")
+    if not a.spec and rank_env()[0] == 0:  # standalone: record what was resolved, as the asset does
+        write_spec(spec, spec.inputs.run_dir)
     return spec, RunContext(a.resume, a.tracking_uri, a.mlflow_run_id, a.data_root or default_data_root())

@@ -32,8 +32,9 @@ from typing import Any, Literal, Mapping
 
 from pydantic import Field, model_validator
 
+from infra import storage
 from infra.refs import CheckpointRef, MixtureRef
-from infra.spec import Block, SpecError, apply_overrides, parse_value
+from infra.spec import Block, SpecError, apply_overrides, parse_value, validated
 from model.config import PRESETS
 
 MODULE_GROUPS = ("vision", "projector", "llm")
@@ -331,6 +332,8 @@ def _split(overrides: Mapping[str, Any], spec: StageSpec):
             if head not in names:
                 raise SpecError(f"override {key!r}: stage {spec.stage!r} has no block or phase {head!r}; "
                                 f"phases: {sorted(names) or 'none'}")
+            if rest.partition(".")[0] in RESERVED:
+                raise SpecError(f"override {key!r} is not supported: {rest.partition('.')[0]} is not a phase setting")
             scoped.setdefault(head, {})[rest] = value
         else:
             plain[key] = value
@@ -341,10 +344,9 @@ def _phase_steps(spec: StageSpec, raw) -> list[int]:
     names = [p.name for p in spec.phases]
     if raw is None:
         return [p.steps for p in spec.phases]
-    values = parse_value(list[int], raw) if isinstance(raw, str) else list(raw)
     try:
-        steps = [int(v) for v in values]
-    except (TypeError, ValueError):
+        steps = validated(list[int], parse_value(list[int], raw), "phase_steps")
+    except SpecError:
         raise SpecError(f"override phase_steps={raw!r}: expected comma-separated integers") from None
     if len(steps) != len(names):
         raise SpecError(f"override phase_steps={raw!r}: stage {spec.stage!r} has {len(names)} phases "
@@ -370,12 +372,13 @@ def resolve_stage(base: StageSpec, overrides: Mapping[str, Any] | None = None,
     phases = []
     for k, (p, n) in enumerate(zip(spec.phases, steps)):
         extra = dict(scoped.get(p.name, {}))
-        n = int(parse_value(int, extra.pop("train.steps", n)))
+        n = validated(int, parse_value(int, extra.pop("train.steps", n)), f"override {p.name}.train.steps")
         own = {**p.overrides, **extra}
         # phase k reads fresh shard orders and shuffles (seed + k) unless it sets its own seed
         fixed = {"train.steps": n, "phase": p.name, "train.seed": own.pop("train.seed", spec.train.seed + k)}
         pspec = apply_overrides(stage_only, {**own, **fixed}, f"{what} phase {p.name!r}")
-        phases.append(Phase(name=p.name, steps=n, overrides=own, spec=pspec))
+        phases.append(validated(Phase, {"name": p.name, "steps": n, "overrides": own, "spec": pspec},
+                                f"{what} phase {p.name!r}"))
     return spec.model_copy(update={"phases": tuple(phases), "inputs": inputs})
 
 
@@ -387,6 +390,15 @@ def _reject_shadowed(spec: StageSpec, plain: Mapping[str, Any]) -> None:
                     else f"{by[0]}.{key}=...")
             raise SpecError(f"override {key!r}: stage {spec.stage!r} sets it per phase ({', '.join(by)}), which "
                             f"would win over a stage-level value; set it per phase instead, e.g. {hint}")
+
+
+def phase_dir(run_dir: str, index: int, name: str) -> str:
+    return storage.join(run_dir, f"phase-{index}-{name}")
+
+
+def phase_dirs(spec: StageSpec) -> list[str]:
+    """The checkpoint folders of a phased stage's phases, in order (`<run_dir>/phase-<k>-<name>`)."""
+    return [phase_dir(spec.inputs.run_dir, k, p.name) for k, p in enumerate(spec.phases)]
 
 
 def wsd_lr(spec: StageSpec, step: int) -> float:

@@ -11,9 +11,10 @@ import helpers
 import pytest
 import torch
 
+from curation.mixture import read_mixture
 from infra import storage
 from training import checkpoint
-from training.data import load_mixture, load_vocab
+from training.data import load_vocab
 from training.loader import StreamingLoader
 
 pytestmark = pytest.mark.integration
@@ -49,8 +50,8 @@ def train(tiny, run_dir: Path, log: Path, *extra: str):
     script = run_dir.parent / "record_pretrain.py"
     script.write_text(RECORDER)
     args = ["--stage", "joint_pretrain", "--mixture", tiny.mixture_uri, "--run-dir", str(run_dir),
-            "--set", "steps=8", "--set", "checkpoint_every=3", "--set", "log_every=1", "--set", "num_workers=2",
-            "--set", "ratio_log_every=4", *extra]
+            "--set", "train.steps=8", "--set", "checkpoint.every=3", "--set", "train.log_every=1", "--set", "data.num_workers=2",
+            "--set", "data.ratio_log_every=4", *extra]
     import subprocess
     import sys
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), *args]
@@ -104,8 +105,8 @@ def test_stage_fails_clearly_on_a_foreign_loader_state(tiny, tmp_path):
     import subprocess
     import sys
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-           "--stage", "joint_pretrain", "--mixture", tiny.mixture_uri, "--run-dir", str(run_dir), "--set", "steps=8",
-           "--set", "num_workers=1", "--resume", "must"]
+           "--stage", "joint_pretrain", "--mixture", tiny.mixture_uri, "--run-dir", str(run_dir), "--set", "train.steps=8",
+           "--set", "data.num_workers=1", "--resume", "must"]
     env = helpers.stage_env({"BATCH_LOG": str(tmp_path / "x"), "PYTHONPATH": str(helpers.REPO_ROOT)})
     proc = subprocess.run(cmd, cwd=str(helpers.REPO_ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=300, check=False)
@@ -125,7 +126,7 @@ def _digests(batches):
 def test_streams_from_s3_match_local(tiny, s3_bucket):
     """Shards read as boto3 GetObject streams in 2 worker processes give the local batches, and a
     resume from S3 continues exactly."""
-    mixture = load_mixture(tiny.mixture_uri)
+    mixture = read_mixture(tiny.mixture_uri)
     vocab = load_vocab(mixture)
     s3_mix = {**mixture, "sources": {}}
     for name, src in mixture["sources"].items():

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.integration
 
 # The tiny profile's three mid-training phases with 2, 2, 1 steps; per-phase overrides shorten the
 # 1K and 4K contexts to 512 and 1024 (YaRN factor = seq_len / 128) to keep the test quick.
-MIDTRAIN = ["--stage", "midtrain", "--profile", "tiny", "--set", "phase_steps=2,2,1", "--set", "checkpoint_every=1",
-            "--set", "log_every=1", "--set", "ctx1k.seq_len=512", "--set", "ctx1k.yarn_factor=4",
-            "--set", "ctx4k.seq_len=1024", "--set", "ctx4k.yarn_factor=8"]
+MIDTRAIN = ["--stage", "midtrain", "--profile", "tiny", "--set", "phase_steps=2,2,1", "--set", "checkpoint.every=1",
+            "--set", "train.log_every=1", "--set", "ctx1k.data.seq_len=512", "--set", "ctx1k.train.yarn_factor=4",
+            "--set", "ctx4k.data.seq_len=1024", "--set", "ctx4k.train.yarn_factor=8"]
 EXPECTED = [("ctx256", 2, 256, 2.0), ("ctx1k", 2, 512, 4.0), ("ctx4k", 1, 1024, 8.0)]
 
 
@@ -95,7 +95,7 @@ def test_resume_must_fails_without_any_phase_checkpoint(mixture, tmp_path):
 def test_projector_phase_changes_only_the_projector(mixture, tmp_path):
     run_dir = tmp_path / "vit"
     log = launch(mixture, run_dir, "--stage", "vit_warmup", "--profile", "tiny", "--set", "phase_steps=2,3",
-                 "--set", "checkpoint_every=5", "--set", "log_every=1", "--set", "caption.siglip_weight=0.5")
+                 "--set", "checkpoint.every=5", "--set", "train.log_every=1", "--set", "caption.train.siglip_weight=0.5")
     # the caption phase adds the SigLIP-style loss (config per phase); the projector phase does not
     siglip = [float(x) for x in re.findall(r"loss_siglip (\S+)", log)]
     assert len(siglip) == 2 and all(math.isfinite(x) and x > 0 for x in siglip), log[-3000:]

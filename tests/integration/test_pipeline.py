@@ -5,38 +5,40 @@ One module-scoped run materializes the data assets and two chained training stag
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from helpers import DATA_ROOT
 from mlflow import MlflowClient
 
+from definitions import build_definitions
 from infra import lineage, storage
-from pipelines import build_definitions
 from training import checkpoint
 
 pytestmark = pytest.mark.integration
 
-DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# The launchpad's typed fields, as a user sets them (one section per block of the stage's spec).
 SMALL_DATA = {
-    "text_corpus": {"overrides": {"max_docs_per_source": "30"}},
-    "image_text_corpus": {"overrides": {"max_digits": "60", "include_skimage": "false"}},
-    "video_corpus": {"overrides": {"max_chunks_per_video": "2"}},
+    "text_corpus": {"max_docs_per_source": 30},
+    "image_text_corpus": {"max_digits": 60, "include_skimage": False},
+    "video_corpus": {"max_chunks_per_video": 2},
     "tokenizer": {"vocab_size": 600},
 }
-SHORT_TRAIN = {"overrides": {"steps": "6", "checkpoint_every": "3", "log_every": "2"}}
-# Stages trained in phases take per-phase step counts (training/config.py): ViT warm-up is
-# "caption" (6 steps here) then "projector" only (2 steps); mid-training is three context lengths.
-SHORT_VIT = {"overrides": {"phase_steps": "6,2", "checkpoint_every": "3", "log_every": "2"}}
-SHORT_MIDTRAIN = {"overrides": {"phase_steps": "2,1,1"}}
+SHORT_TRAIN = {"train": {"steps": 6, "log_every": 2}, "checkpoint": {"every": 3}}
+# Stages trained in phases take per-phase step counts: ViT warm-up is "caption" (6 steps here)
+# then "projector" only (2 steps); mid-training is three context lengths.
+SHORT_VIT = {"phase_steps": [6, 2], "train": {"log_every": 2}, "checkpoint": {"every": 3}}
+SHORT_MIDTRAIN = {"phase_steps": [2, 1, 1]}
 DATA_ASSETS = ["text_corpus", "image_text_corpus", "video_corpus", "tokenizer", "mixture"]
 
 
-def run(defs, instance, assets, ops_config):
+def run(defs, instance, assets, ops_config, resources=None):
     job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(
-        run_config={"ops": {k: {"config": v} for k, v in ops_config.items()}},
-        instance=instance, asset_selection=[dg.AssetKey(a) for a in assets], raise_on_error=False)
+    run_config = {"ops": {k: {"config": v} for k, v in ops_config.items()}, **({"resources": resources} if resources else {})}
+    return job.execute_in_process(run_config=run_config, instance=instance,
+                                  asset_selection=[dg.AssetKey(a) for a in assets], raise_on_error=False)
 
 
 def failure_messages(result) -> str:
@@ -95,6 +97,19 @@ def test_chained_training_stages_materialize(env):
     assert [a.path for a in client.list_artifacts(joint["mlflow_run_id"], "plots")] == ["plots/joint_pretrain_curves.png"]
     losses = client.get_metric_history(joint["mlflow_run_id"], "loss")
     assert [m.step for m in losses] == [2, 4, 6]
+    # each run folder holds the resolved spec.json; its values are the MLflow run's params
+    from infra.spec import read_spec
+    from training.spec import StageSpec
+
+    for md, stage in ((vit, "vit_warmup"), (joint, "joint_pretrain")):
+        assert md["spec_uri"] == storage.join(md["run_dir"], "spec.json")
+        spec = read_spec(StageSpec, md["spec_uri"])
+        assert spec.stage == stage and spec.inputs.run_dir == md["run_dir"]
+        params = client.get_run(md["mlflow_run_id"]).data.params
+        assert params["optimizer.lr"] == str(spec.optimizer.lr) and params["profile"] == "tiny"
+        assert params["inputs.mixture.digest"] == latest_metadata(instance, "mixture")["digest"]
+    assert read_spec(StageSpec, joint["spec_uri"]).train.steps == 6  # the launchpad's typed override
+    assert [p.steps for p in read_spec(StageSpec, vit["spec_uri"]).phases] == [6, 2]
     # the warm-up's two phases are one curve in its MLflow run: steps continue across them
     vit_losses = client.get_metric_history(vit["mlflow_run_id"], "loss")
     assert [m.step for m in vit_losses] == [2, 4, 6, 8]
@@ -146,17 +161,28 @@ def _count(env, stage: str) -> int:
     return len(storage.list_files(str(env["root"] / "art" / "checkpoints" / stage)))
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"profile": "huge"}, "unknown profile 'huge'"),
-    ({"overrides": {"steps": "-3"}}, "steps must be > 0"),
-    ({"overrides": {"stepz": "3"}}, "unknown override 'stepz'"),
-    ({"overrides": {"lr": "fast"}}, "lr='fast'"),
+@pytest.mark.parametrize("config, resources, message", [
+    ({}, {"profile": {"config": {"name": "huge"}}}, "unknown profile 'huge'"),
+    ({"train": {"steps": -3}}, None, "train.steps: Input should be greater than 0"),
+    ({"data": {"vision_ratio": 1.5}}, None, "data.vision_ratio: Input should be less than 1"),
+    ({"optimizer": {"name": "sgd"}}, None, "optimizer.name: Input should be 'adamw' or 'muonclip'"),
 ])
-def test_invalid_config_fails_before_launch(env, config, message):
+def test_invalid_config_fails_before_launch(env, config, resources, message):
     before = _count(env, "joint_pretrain")
-    result = run(env["defs"], env["instance"], ["joint_pretrain"], {"joint_pretrain": config})
+    result = run(env["defs"], env["instance"], ["joint_pretrain"], {"joint_pretrain": config}, resources)
     assert not result.success
     assert message in failure_messages(result)
+    assert _no_new_checkpoints(env, "joint_pretrain", before)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"optimizer": {"lr": "fast"}}, 'Value "fast"'),  # typed fields: Dagster's config check refuses it
+    ({"train": {"stepz": 3}}, "stepz"),
+])
+def test_ill_typed_or_unknown_launchpad_field_is_refused_before_the_run(env, config, message):
+    before = _count(env, "joint_pretrain")
+    with pytest.raises(dg.DagsterInvalidConfigError, match=message):
+        run(env["defs"], env["instance"], ["joint_pretrain"], {"joint_pretrain": config})
     assert _no_new_checkpoints(env, "joint_pretrain", before)
 
 
@@ -167,18 +193,24 @@ def test_missing_upstream_checkpoint_fails(env, tmp_path):
     assert "missing upstream" in failure_messages(result)
 
 
-def test_deleted_upstream_checkpoint_fails(env):
+def test_deleted_upstream_checkpoint_fails(env, tmp_path):
+    """Its own copy of the upstream checkpoint, recorded in its own instance: the shared
+    fixture's checkpoint is never touched, so no other test depends on this one's order."""
     md = latest_metadata(env["instance"], "joint_pretrain")
-    manifest = Path(md["checkpoint_uri"]) / "manifest.json"
-    body = manifest.read_bytes()
-    manifest.unlink()
-    try:
-        result = run(env["defs"], env["instance"], ["midtrain"], {"midtrain": SHORT_MIDTRAIN})
-    finally:
-        manifest.write_bytes(body)
+    copy = tmp_path / "joint" / "step_000006"
+    shutil.copytree(md["checkpoint_uri"], copy)
+    (copy / "manifest.json").unlink()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as fresh:
+        for key in ("mixture", "joint_pretrain"):
+            metadata = latest_metadata(env["instance"], key)
+            if key == "joint_pretrain":
+                metadata["checkpoint_uri"] = str(copy)
+            fresh.report_runless_asset_event(dg.AssetMaterialization(key, metadata=metadata))
+        before = _count(env, "midtrain")
+        result = run(env["defs"], fresh, ["midtrain"], {"midtrain": SHORT_MIDTRAIN})
     assert not result.success
-    assert "missing upstream checkpoint of 'joint_pretrain'" in failure_messages(result)
-    assert _count(env, "midtrain") == 0
+    assert f"missing upstream checkpoint of 'joint_pretrain': no checkpoint at {copy}" in failure_messages(result)
+    assert _count(env, "midtrain") == before
 
 
 def test_unreachable_tracking_server_fails_at_start(env):
@@ -217,8 +249,7 @@ def test_program_rejects_bad_input(env, tmp_path, args, message):
 # ---- evaluation: any stage's checkpoint, comparison with the previous one, sensor and schedule
 
 EVAL_SUITES = ("gsm8k", "mmlu", "humaneval", "digits_caption_retrieval")
-EVAL = {"checkpoint_stage": "joint_pretrain",
-        "overrides": {"suites": ",".join(EVAL_SUITES), "limit": "4", "max_new_tokens": "12"}}
+EVAL = {"checkpoint_stage": "joint_pretrain", "suites": list(EVAL_SUITES), "limit": 4, "max_new_tokens": 12}
 
 
 def test_evaluation_of_a_chosen_stage_is_reported_and_traced(env):
@@ -229,6 +260,7 @@ def test_evaluation_of_a_chosen_stage_is_reported_and_traced(env):
         assert result.success, failure_messages(result)
     md = latest_metadata(instance, "evaluation")
     assert md["evaluated_stage"] == "joint_pretrain" and md["evaluated_checkpoint"] == joint["checkpoint_uri"]
+    assert storage.exists(md["spec_uri"]) and md["spec_uri"].startswith(md["report_uri"])
     for suite in EVAL_SUITES:
         assert md[f"{suite}/n"] == 4 and 0.0 <= md[f"{suite}/accuracy"] <= 1.0
     assert "| humaneval | benchmark | 4 |" in md["report_md"]
@@ -247,7 +279,7 @@ def test_evaluation_of_a_chosen_stage_is_reported_and_traced(env):
 
 
 def test_sensor_requests_each_new_checkpoint_once(env):
-    from assets.evaluation import new_checkpoint_evaluation, new_checkpoint_requests
+    from defs.evaluation.automation import new_checkpoint_evaluation, new_checkpoint_requests
 
     instance = env["instance"]
     requests, cursor = new_checkpoint_requests(instance, {}, ("vit_warmup", "joint_pretrain"))
@@ -263,7 +295,7 @@ def test_sensor_requests_each_new_checkpoint_once(env):
 
 
 def test_nightly_schedule_evaluates_the_newest_checkpoint(env):
-    from assets.evaluation import latest_trained_stage
+    from defs.evaluation.assets import latest_trained_stage
 
     schedule = env["defs"].resolve_schedule_def("nightly_evaluation")
     assert schedule.cron_schedule == "0 3 * * *"
@@ -271,6 +303,7 @@ def test_nightly_schedule_evaluates_the_newest_checkpoint(env):
     context = dg.build_schedule_context(instance=env["instance"])
     run_config = schedule.evaluate_tick(context).run_requests[0].run_config
     assert run_config["ops"]["evaluation"]["config"]["checkpoint_stage"] == "latest"
+    assert run_config["resources"]["profile"]["config"]["name"] == "tiny"  # the run's one profile
 
 
 def test_missing_evaluation_data_fails_before_launch(env, tmp_path):

@@ -12,9 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 from curation.tokenizer import load_tokenizer
+from definitions import build_definitions
 from infra import storage
 from infra.tracking import DatasetRef, Tracker, check_reachable
-from pipelines import build_definitions
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +57,9 @@ def test_dagster_materializations_persist_in_postgres(tmp_path, monkeypatch, pos
 
     defs = build_definitions(artifact_root=str(tmp_path / "art"), tracking_uri=mlflow_url)
     run_config = {"ops": {
-        "text_corpus": {"config": {"overrides": {k: str(v) for k, v in helpers.TINY_TEXT.items()}}},
-        "image_text_corpus": {"config": {"overrides": {k: str(v) for k, v in helpers.TINY_IMAGE.items()}}},
-        "video_corpus": {"config": {"overrides": {k: str(v) for k, v in helpers.TINY_VIDEO.items()}}},
+        "text_corpus": {"config": helpers.TINY_TEXT},
+        "image_text_corpus": {"config": helpers.TINY_IMAGE},
+        "video_corpus": {"config": helpers.TINY_VIDEO},
         "tokenizer": {"config": {"vocab_size": helpers.TINY_VOCAB}},
     }}
 

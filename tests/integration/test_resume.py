@@ -36,7 +36,7 @@ def mixture_uri(tmp_path_factory):
 def train(mixture: str, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "training.pretrain", "--stage", "joint_pretrain", "--mixture", mixture, "--run-dir", str(run_dir),
-           "--set", "steps=6", "--set", "checkpoint_every=3", "--set", "log_every=1", *extra]
+           "--set", "train.steps=6", "--set", "checkpoint.every=3", "--set", "train.log_every=1", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -46,13 +46,13 @@ def train(mixture: str, run_dir: Path, *extra: str) -> subprocess.CompletedProce
 ENGINES = {
     "adamw": (),
     # MuonClip with a low tau so QK-Clip fires, and DEP: their state and collectives resume too
-    "muonclip_dep": ("--set", "optimizer=muonclip", "--set", "dep=true", "--set", "qk_clip_tau=1.5"),
+    "muonclip_dep": ("--set", "optimizer.name=muonclip", "--set", "parallel.dep=true", "--set", "optimizer.qk_clip_tau=1.5"),
     # DeepSpeed ZeRO-1: each rank saves and restores its optimizer partition and fp32 masters
-    "zero1": ("--set", "optimizer=adamw", "--set", "zero_stage=1"),
+    "zero1": ("--set", "optimizer.name=adamw", "--set", "parallel.zero_stage=1"),
     # MuonClip with its state sharded by whole matrices (and DEP, and QK-Clip firing)
-    "zero1_muonclip_dep": ("--set", "zero_stage=1", "--set", "dep=true", "--set", "qk_clip_tau=1.5"),
+    "zero1_muonclip_dep": ("--set", "parallel.zero_stage=1", "--set", "parallel.dep=true", "--set", "optimizer.qk_clip_tau=1.5"),
     # experts sharded over the 2 ranks: sharded optimizer state per rank, full weights in the checkpoint
-    "expert_parallel": ("--set", "expert_parallel=2"),
+    "expert_parallel": ("--set", "parallel.expert_parallel=2"),
 }
 
 
@@ -86,7 +86,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(mixture_uri, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "training.pretrain", "--stage", "joint_pretrain", "--mixture", mixture_uri, "--run-dir", str(run_dir),
-           "--set", "steps=100000", "--set", "checkpoint_every=100000", "--set", "log_every=1"]
+           "--set", "train.steps=100000", "--set", "checkpoint.every=100000", "--set", "train.log_every=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     seen = []
@@ -107,7 +107,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(mixture_uri, tmp_path):
     step = checkpoint.read_manifest(saved)[0]["step"]
     assert 3 <= step < 100000
     time.sleep(1)
-    resumed = train(mixture_uri, run_dir, "--resume", "must", "--set", f"steps={step + 2}")
+    resumed = train(mixture_uri, run_dir, "--resume", "must", "--set", f"train.steps={step + 2}")
     assert f"at step {step}" in resumed.stdout
     assert checkpoint.read_manifest(checkpoint.latest(str(run_dir)))[0]["step"] == step + 2
 
@@ -120,7 +120,7 @@ def test_killed_rank_restarts_and_ends_bitwise_equal(mixture_uri, tmp_path):
 
     import psutil
 
-    steps = ("--set", "steps=10", "--set", "checkpoint_every=2", "--set", "num_workers=0")
+    steps = ("--set", "train.steps=10", "--set", "checkpoint.every=2", "--set", "data.num_workers=0")
     clean = tmp_path / "clean"
     train(mixture_uri, clean, *steps)
     expected = checkpoint.load(checkpoint.latest(str(clean)), names=("model",))["model"]
@@ -128,7 +128,7 @@ def test_killed_rank_restarts_and_ends_bitwise_equal(mixture_uri, tmp_path):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=1",
            "-m", "training.pretrain", "--stage", "joint_pretrain", "--mixture", mixture_uri, "--run-dir", str(run_dir),
-           "--set", "log_every=1", *steps]
+           "--set", "train.log_every=1", *steps]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     log = []
@@ -153,10 +153,10 @@ def test_zero1_and_expert_parallel_train_the_same_model_as_plain_data_parallel(m
     """ZeRO-1 (DeepSpeed) and expert parallelism change where state lives, not the maths: after
     the same steps on the same batches the weights match plain data parallelism within float
     tolerance (reduction order differs), and the logs show each mode was really on."""
-    steps = ("--set", "optimizer=adamw", "--set", "steps=3", "--set", "checkpoint_every=3", "--set", "num_workers=0")
+    steps = ("--set", "optimizer.name=adamw", "--set", "train.steps=3", "--set", "checkpoint.every=3", "--set", "data.num_workers=0")
     runs = {}
-    for name, extra in {"plain": (), "zero1": ("--set", "zero_stage=1"),
-                        "expert_parallel": ("--set", "expert_parallel=2")}.items():
+    for name, extra in {"plain": (), "zero1": ("--set", "parallel.zero_stage=1"),
+                        "expert_parallel": ("--set", "parallel.expert_parallel=2")}.items():
         proc = train(mixture_uri, tmp_path / name, *steps, *extra)
         runs[name] = checkpoint.load(checkpoint.latest(str(tmp_path / name)), names=("model", "optim"))
         if name == "zero1":
@@ -178,9 +178,9 @@ def test_sharded_muonclip_trains_bitwise_like_replicated_muonclip(mixture_uri, t
     """ZeRO-1 for MuonClip: each rank updates only the matrices it owns, then broadcasts them; the
     updates are the replicated optimizer's own, so the weights are bitwise equal, and each rank's
     optimizer state holds only its share."""
-    steps = ("--set", "steps=3", "--set", "checkpoint_every=3", "--set", "num_workers=0", "--set", "qk_clip_tau=1.5")
+    steps = ("--set", "train.steps=3", "--set", "checkpoint.every=3", "--set", "data.num_workers=0", "--set", "optimizer.qk_clip_tau=1.5")
     train(mixture_uri, tmp_path / "plain", *steps)
-    train(mixture_uri, tmp_path / "sharded", *steps, "--set", "zero_stage=1")
+    train(mixture_uri, tmp_path / "sharded", *steps, "--set", "parallel.zero_stage=1")
     plain = checkpoint.load(checkpoint.latest(str(tmp_path / "plain")), names=("model", "optim"))
     sharded_uri = checkpoint.latest(str(tmp_path / "sharded"))
     sharded = checkpoint.load(sharded_uri, names=("model",))["model"]

@@ -217,8 +217,8 @@ def test_torchrun_checkpoints_to_s3_and_resumes(s3_bucket):
     assert env["AWS_ENDPOINT_URL_S3"].startswith("http://127.0.0.1:")
 
     def launch(steps: int, resume: str, run: str = run_dir):
-        args = ["--stage", "joint_pretrain", "--profile", "tiny", "--set", f"steps={steps}", "--set", "checkpoint_every=2",
-                "--set", "log_every=1", "--mixture", data.mixture_uri, "--run-dir", run, "--resume", resume]
+        args = ["--stage", "joint_pretrain", "--profile", "tiny", "--set", f"train.steps={steps}", "--set", "checkpoint.every=2",
+                "--set", "train.log_every=1", "--mixture", data.mixture_uri, "--run-dir", run, "--resume", resume]
         return helpers.run_torchrun("training.pretrain", args, nproc=2, env=env)
 
     # --resume must with nothing committed fails before training

@@ -1,4 +1,4 @@
-"""`dagster dev -m pipelines` serves the whole asset graph (queried over GraphQL on loopback)."""
+"""`dg dev` (as README says) serves the whole asset graph (queried over GraphQL on loopback)."""
 
 import json
 import os
@@ -30,12 +30,13 @@ def graphql(port: int, query: str) -> dict:
         return json.loads(resp.read())
 
 
-def test_dagster_dev_serves_the_asset_graph(tmp_path):
+def test_dg_dev_serves_the_asset_graph(tmp_path):
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "K25_HOME": str(tmp_path / "k25")}
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     # own process group: dagster dev's daemon and code server must die with it
-    proc = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-m", "pipelines", "-h", "127.0.0.1", "-p", str(port)],
+    dg = str(Path(sys.executable).parent / "dg")
+    proc = subprocess.Popen([dg, "dev", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         nodes, deadline = None, time.time() + 120

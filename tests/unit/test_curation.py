@@ -250,7 +250,7 @@ def test_tokenizer_special_tokens_and_chat_template(tmp_path, tokenizer):
 
 def test_mixture_digest_tracks_sources(tmp_path, text_set, image_set, video_set, tokenizer):
     sets = {"text": text_set, "image": image_set, "video": video_set}
-    mix = build_mixture(sets, tokenizer, str(tmp_path / "a"), vision_ratio=0.1)
+    mix = build_mixture(sets, tokenizer, str(tmp_path / "a"))
     stored = json.loads(storage.read_text(storage.join(str(tmp_path / "a"), "mixture.json")))
     assert stored == mix
     for name, curated in (("image", image_set), ("video", video_set)):
@@ -258,27 +258,34 @@ def test_mixture_digest_tracks_sources(tmp_path, text_set, image_set, video_set,
         assert mix["sources"][name]["tokens"] == sum(vision_token_count(s[-3], s[-2]) for s in shapes)
     assert mix["sources"]["image"]["tokens"] == image_set.stats["vision_tokens"]
     assert mix["tokens"]["text"] > 0
-    assert sum(s["token_share"] for s in mix["sources"].values()) == pytest.approx(1.0)
+    for group in (("text",), ("image", "video")):  # shares within each modality group
+        assert sum(mix["sources"][n]["token_share"] for n in group) == pytest.approx(1.0)
+    assert "vision_ratio" not in mix  # the ratio belongs to each stage's spec, not to the mixture
 
-    same = build_mixture(sets, tokenizer, str(tmp_path / "b"), vision_ratio=0.1)
+    same = build_mixture(sets, tokenizer, str(tmp_path / "b"))
     assert same["digest"] == mix["digest"]
     changed = dict(sets, image=dataclasses.replace(image_set, digest="0" * 64))
-    assert build_mixture(changed, tokenizer, str(tmp_path / "c"), vision_ratio=0.1)["digest"] != mix["digest"]
+    assert build_mixture(changed, tokenizer, str(tmp_path / "c"))["digest"] != mix["digest"]
 
 
 def test_mixture_validation(tmp_path, text_set, tokenizer):
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        build_mixture({"text": text_set}, tokenizer, str(tmp_path), vision_ratio=1.0)
-    with pytest.raises(ValueError, match="no non-empty image_text or video source"):
-        build_mixture({"text": text_set}, tokenizer, str(tmp_path), vision_ratio=0.1)
-    assert build_mixture({"text": text_set}, tokenizer, str(tmp_path), vision_ratio=0.0)["tokens"]["vision"] == 0
+    from training.data import load_vocab
+    from training.loader import StreamingLoader
+
+    with pytest.raises(ValueError, match="at least one non-empty text source"):
+        build_mixture({}, tokenizer, str(tmp_path))
+    text_only = build_mixture({"text": text_set}, tokenizer, str(tmp_path))
+    assert text_only["tokens"]["vision"] == 0
+    # a stage that asks for vision tokens from it fails when its loader is built, naming why
+    with pytest.raises(ValueError, match="no vision source"):
+        StreamingLoader(text_only, load_vocab(text_only), ("text", "image_text"), 0.1, 64, 1, 0, 0, 1)
 
 
 def test_manifests_and_token_counts_carry_per_sample_tokens(tmp_path, text_set, image_set, video_set, tokenizer):
     import pyarrow.parquet as pq
 
     mix = build_mixture({"text": text_set, "image": image_set, "video": video_set}, tokenizer,
-                        str(tmp_path / "m"), vision_ratio=0.1)
+                        str(tmp_path / "m"))
     image_rows = read_manifest(image_set.uri).to_pylist()
     assert all(r["vision_tokens"] == vision_token_count(r["shape"][-3], r["shape"][-2]) for r in image_rows)
     text_rows = read_manifest(text_set.uri).to_pylist()

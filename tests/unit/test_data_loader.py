@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from curation.image_text import ImageCurationConfig, curate_image_text
-from curation.mixture import build_mixture
+from curation.mixture import build_mixture, read_mixture
 from curation.text import TextCurationConfig, curate_text
 from curation.tokenizer import train_tokenizer
 from curation.video import VideoCurationConfig, curate_video
-from training.data import ChatLoader, load_mixture, load_vocab
+from training.data import ChatLoader, load_vocab
 
 ALL = ("text", "image_text", "video")
 SEQ_LEN, BATCH = 128, 4
@@ -22,8 +22,8 @@ def mixture(tmp_path_factory):
     image = curate_image_text(str(root / "image"), ImageCurationConfig(max_digits=30, include_skimage=False))
     video = curate_video(str(root / "video"), VideoCurationConfig(max_chunks_per_video=1))
     tok = train_tokenizer(text.uri, str(root / "tokenizer"), vocab_size=512)
-    build_mixture({"text": text, "image": image, "video": video}, tok, str(root / "mixture"), vision_ratio=0.1)
-    return load_mixture(str(root / "mixture"))  # as the stage programs read it
+    build_mixture({"text": text, "image": image, "video": video}, tok, str(root / "mixture"))
+    return read_mixture(str(root / "mixture"))  # as the stage programs read it
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,11 @@
-"""The asset graph as agreed in DESIGN.md: keys, dependencies, checks, code versions, pools."""
+"""The asset graph as agreed in DESIGN.md: keys, dependencies, checks, code versions, pools;
+the whole graph as a reviewed syrupy snapshot; the launchpad's typed fields."""
 
 import dagster as dg
+import pytest
 
-from pipelines import build_definitions
+from definitions import build_definitions
+from training.spec import STAGE_NAMES
 
 EXPECTED_DEPS = {
     "text_corpus": set(),
@@ -18,7 +21,7 @@ EXPECTED_DEPS = {
     "parl": {"mixture", "rl"},
     "evaluation": {"mixture", "parl"},
 }
-TRAINING = ("vit_warmup", "joint_pretrain", "midtrain", "sft", "rl", "parl")
+TRAINING = STAGE_NAMES
 
 
 def _graph(tmp_path):
@@ -75,17 +78,57 @@ def test_evaluation_schedule_and_sensor_are_defined_and_start_stopped(tmp_path):
 
 
 def test_evaluation_config_rejects_bad_values():
-    import pytest
+    import recipes
+    from infra.spec import SpecError
 
-    from evaluation.config import eval_config
-    from training.config import ConfigError
-
-    assert eval_config("tiny", {"suites": "gsm8k,mmlu"}).suites == ("gsm8k", "mmlu")
-    assert eval_config("k25").samples_for("aime25") == 32 and eval_config("k25").top_p == 0.95
+    assert recipes.resolve_evaluation("tiny", {"suites": "gsm8k,mmlu"}).suites == ("gsm8k", "mmlu")
+    k25 = recipes.resolve_evaluation("k25")
+    assert k25.samples_for("aime25") == 32 and k25.top_p == 0.95
     for overrides, message in [({"suites": "gsm8k,imagenet"}, "unknown: ['imagenet']"),
                                ({"samples_per_suite": "aime25=4"}, "'suite:k'"),
-                               ({"top_p": "0"}, "top_p must be in (0, 1]"),
+                               ({"top_p": "0"}, "top_p: Input should be greater than 0"),
                                ({"limt": "3"}, "unknown override 'limt'")]:
-        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace("]", r"\]")
+        with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(").replace("]", r"\]")
                            .replace(")", r"\)")):
-            eval_config("tiny", overrides)
+            recipes.resolve_evaluation("tiny", overrides)
+
+
+def _snapshot_of(defs: dg.Definitions) -> dict:
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node, assets_def = graph.get(key), defs.resolve_assets_def(key)
+        checks = sorted((c.name, assets_def.get_spec_for_check_key(c).blocking) for c in graph.asset_check_keys
+                        if c.asset_key == key)
+        config = assets_def.op.config_schema.as_field().config_type if assets_def.op.config_schema else None
+        assets[key.to_user_string()] = {
+            "group": node.group_name, "deps": sorted(p.to_user_string() for p in node.parent_keys),
+            "kinds": sorted(node.kinds), "pool": assets_def.op.pool, "code_version": node.code_version,
+            "description": node.description, "checks": checks,
+            "config_fields": sorted(config.fields) if config is not None and hasattr(config, "fields") else [],
+        }
+    jobs = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
+    schedules = {s.name: (s.cron_schedule, s.job_name, str(s.default_status)) for s in defs.schedules or []}
+    sensors = {s.name: (s.job_name, s.minimum_interval_seconds, str(s.default_status)) for s in defs.sensors or []}
+    return {"assets": assets, "jobs": jobs, "schedules": schedules, "sensors": sensors,
+            "resources": sorted(defs.resources or {})}
+
+
+def test_definitions_snapshot(tmp_path, snapshot):
+    """A change to the graph (keys, deps, groups, kinds, pools, code versions, descriptions, checks,
+    launchpad fields, jobs, schedules, sensors) shows as a snapshot diff to review:
+    `pytest tests/unit/test_definitions.py --snapshot-update` after checking it is intended."""
+    defs = build_definitions(artifact_root=str(tmp_path / "art"), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    assert _snapshot_of(defs) == snapshot
+
+
+def test_launchpad_fields_are_typed_and_reject_a_bad_value_before_launch(tmp_path):
+    """`optimizer.lr: "fast"` is refused by Dagster's config check, before any step starts."""
+    defs = build_definitions(artifact_root=str(tmp_path / "art"), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    job = defs.resolve_implicit_global_asset_job_def()
+    bad = {"ops": {"joint_pretrain": {"config": {"optimizer": {"lr": "fast"}}}}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match='Value "fast".*Float'):
+        job.execute_in_process(run_config=bad, asset_selection=[dg.AssetKey("joint_pretrain")],
+                               instance=dg.DagsterInstance.ephemeral())
+    fields = job.get_subset(asset_selection={dg.AssetKey("midtrain")}).run_config_schema.config_type
+    assert fields is not None

@@ -8,10 +8,11 @@ import io
 import pytest
 import torch
 
+import recipes
 from curation.shards import save_curated_set, text_sample, write_shards
+from infra.spec import SpecError
 from model.vision import vision_token_count
-from training.config import ConfigError, stage_config
-from training.loader import LoaderStateError, SourceSpec, SourceStream, StreamingLoader, source_specs
+from training.loader import LoaderStateError, MixtureSource, SourceStream, StreamingLoader, mixture_sources
 
 ALL = ("text", "image_text", "video")
 SEQ_LEN, BATCH = 128, 4
@@ -224,7 +225,7 @@ def stream_keys(spec, rank, size, worker, workers, n):
 
 def test_sample_split_when_fewer_shards_than_slots(tiny):
     mixture, _ = tiny
-    (spec,) = source_specs(mixture, ("text",))
+    (spec,) = mixture_sources(mixture, ("text",))
     assert len(spec.shards) < 4
     per_slot = {(r, w): set(stream_keys(spec, r, 2, w, 2, spec.num_samples // 4)) for r in (0, 1) for w in (0, 1)}
     slots = list(per_slot.values())
@@ -239,7 +240,7 @@ def test_shard_split_by_dp_rank_then_worker(tmp_path):
     samples = [text_sample(f"doc{i:03d}", "synthetic", f"document number {i}", str(i)) for i in range(40)]
     result = write_shards(samples, str(tmp_path / "set"), prefix="syn", maxcount=5)  # 8 shards
     curated = save_curated_set(result, "text", {}, {})
-    spec = SourceSpec("syn", "text", curated.uri, tuple(curated.shards), curated.num_samples, 1.0)
+    spec = MixtureSource("syn", "text", curated.uri, tuple(curated.shards), curated.num_samples, 1.0)
     seen = {}
     for r in (0, 1):
         for w in (0, 1):
@@ -256,12 +257,31 @@ def test_shard_split_by_dp_rank_then_worker(tmp_path):
 
 
 def test_loader_config_fields_are_validated():
-    cfg = stage_config("tiny", "joint_pretrain", {"num_workers": "2", "text_only_warmup_fraction": "0.5",
-                                                   "ratio_log_every": "20"})
-    assert (cfg.num_workers, cfg.text_only_warmup_fraction, cfg.ratio_log_every) == (2, 0.5, 20)
-    for bad in ({"num_workers": "-1"}, {"text_only_warmup_fraction": "1.0"}, {"text_only_warmup_fraction": "nan"},
-                {"ratio_log_every": "0"}, {"ratio_log_every": "101"}):
-        with pytest.raises(ConfigError):
-            stage_config("tiny", "joint_pretrain", bad)
-    with pytest.raises(ConfigError, match="needs the text source"):
-        stage_config("tiny", "vit_warmup", {"text_only_warmup_fraction": "0.2"})
+    spec = recipes.resolve_stage("tiny", "joint_pretrain", {"data.num_workers": "2",
+                                                            "data.text_only_warmup_fraction": "0.5",
+                                                            "data.ratio_log_every": "20"})
+    d = spec.data
+    assert (d.num_workers, d.text_only_warmup_fraction, d.ratio_log_every) == (2, 0.5, 20)
+    for bad in ({"data.num_workers": "-1"}, {"data.text_only_warmup_fraction": "1.0"},
+                {"data.text_only_warmup_fraction": "nan"}, {"data.ratio_log_every": "0"},
+                {"data.ratio_log_every": "101"}):
+        with pytest.raises(SpecError, match=next(iter(bad))):
+            recipes.resolve_stage("tiny", "joint_pretrain", bad)
+    with pytest.raises(SpecError, match="needs the text source"):
+        recipes.resolve_stage("tiny", "vit_warmup", {"data.text_only_warmup_fraction": "0.2"})
+
+
+def test_the_stage_vision_ratio_decides_what_the_loader_delivers(tiny):
+    """The one vision_ratio is the stage spec's `data.vision_ratio`: the loader built from the
+    resolved spec (as training/pretrain.py builds it) delivers that share of vision tokens."""
+    mixture, vocab = tiny
+    realised = {}
+    for ratio in ("0.1", "0.4"):
+        spec = recipes.resolve_stage("tiny", "joint_pretrain", {"data.vision_ratio": ratio, "data.num_workers": "0"})
+        loader = StreamingLoader.from_spec(mixture, vocab, spec.data, spec.train.seed, 40, 0, 1)
+        batches = [loader.batch(step) for step in range(40)]
+        loader.close()
+        vision = sum(b.vision_tokens for b in batches)
+        realised[ratio] = vision / sum(b.vision_tokens + b.text_tokens for b in batches)
+    assert realised["0.1"] == pytest.approx(0.1, abs=0.02)
+    assert realised["0.4"] == pytest.approx(0.4, abs=0.04)

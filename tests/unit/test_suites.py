@@ -6,9 +6,11 @@ the exact path; pass@k and avg@k match their definitions."""
 import math
 import os
 from itertools import combinations
-from pathlib import Path
 
 import pytest
+
+# CI clones the repository with shared/ as its sibling; K25_DATA_ROOT overrides
+from helpers import DATA_ROOT
 
 from evaluation import scorers
 from evaluation.suites import (
@@ -25,8 +27,6 @@ from evaluation.suites import (
     wrong_output,
 )
 
-# CI clones the repository with shared/ as its sibling; K25_DATA_ROOT overrides
-DATA_ROOT = Path(os.environ.get("K25_DATA_ROOT") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 COUNTS = {"gsm8k": 1319, "math500": 500, "aime24": 30, "aime25": 30, "amc23": 40, "mmlu": 14079, "humaneval": 164}
 TEXT_SUITES = [name for name in COUNTS if name != "humaneval"]
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from curation import sources
 from curation.image_text import ImageCurationConfig, curate_image_text
-from curation.shards import CuratedSet
+from curation.shards import CuratedSet, decode_sample, tar_groups
 from curation.text import TextCurationConfig, curate_text
 from curation.tokenizer import load_tokenizer, train_tokenizer
 from curation.video import VideoCurationConfig, curate_video
@@ -21,7 +21,7 @@ from infra import storage
 from model.config import model_preset
 from model.multimodal import K25Model
 from training.data import Vocab
-from training.loader import PackConfig, Packer, decode, iter_tar
+from training.loader import PackConfig, Packer
 
 NAMES = sorted(vs.VISION_SUITES)
 
@@ -48,8 +48,8 @@ def training_seq(vocab, sample: dict) -> list[int]:
 
 def loader_samples(curated: CuratedSet) -> dict[str, dict]:
     """Samples as the training loader reads and decodes them, by sample key."""
-    return {key: decode(curated.modality, key, fields)
-            for shard in curated.shards for key, fields in iter_tar(storage.join(curated.uri, shard))}
+    return {key: decode_sample(curated.modality, key, fields)
+            for shard in curated.shards for key, fields in tar_groups(storage.join(curated.uri, shard))}
 
 
 def full_tokens(vocab, ex, choice: int) -> list[int]:
