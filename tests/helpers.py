@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,3 +124,28 @@ def run_torchrun(module: str, args: list[str], nproc: int = 2, env: dict[str, st
     cmd = launcher.torchrun_command(module, args, nproc, sys.executable)
     return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env or stage_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Your own sources: real prose and WebDataset tars as a user brings them
+
+PROSE = [
+    "The river ran past the old mill and the children of the village would sit on the bank in the "
+    "evening to watch the water turn the great wheel. Their grandmother told them that the mill had "
+    "been built by her own father, who carried every stone from the quarry on the far side of the hill.",
+    "A lighthouse keeper must climb the tower each night before dusk to trim the wick and wind the "
+    "clockwork that turns the lens. If he is late, the ships that pass the reef in the dark have no "
+    "way to know where the rocks lie, and so the keeper is never late, not even once in thirty years.",
+    "In the spring the farmers of the valley plough their fields and sow barley and oats, and when the "
+    "summer comes they watch the sky for rain. A dry year means that the cattle must be sold before the "
+    "winter, because there will not be enough hay in the barns to feed them until the grass grows again.",
+]
+
+
+def write_tar(path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for key, fields in samples:
+            for ext, data in fields.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))

@@ -261,3 +261,22 @@ def test_torchrun_checkpoints_to_s3_and_resumes(s3_bucket):
     assert "latest" in listed
     assert {"step_000002/manifest.json", "step_000004/manifest.json"} <= set(listed)
     assert json.loads(storage.read_text(storage.join(final, "manifest.json")))["stage"] == "joint_pretrain"
+
+
+def test_text_sources_on_s3(s3_bucket, tmp_path):
+    """Your own JSONL and WebDataset text sources on S3, streamed by the one shard reader."""
+    import dataclasses
+    import json
+
+    from helpers import PROSE, write_tar
+
+    from curation.text import TextCurationConfig, curate_text
+
+    storage.write_bytes(f"{s3_bucket}/in/a.jsonl", (json.dumps({"text": PROSE[0]}) + "\n").encode())
+    write_tar(tmp_path / "s.tar", [("k0", {"txt": PROSE[1].encode()})])
+    storage.upload_file(tmp_path / "s.tar", f"{s3_bucket}/wds/s-000.tar")
+    cfg = dataclasses.replace(TextCurationConfig(min_chars=100),
+                              sources=[f"jsonl:{s3_bucket}/in/", f"webdataset:{s3_bucket}/wds"])
+    curated = curate_text(f"{s3_bucket}/out", cfg)
+    assert sorted(s["text"] for s in iter_samples(curated.uri)) == sorted(PROSE[:2])
+    assert storage.exists(curated.quarantine_uri)

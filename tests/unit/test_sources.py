@@ -4,12 +4,12 @@ bad input, MinHash near-duplicate removal and the text quality filters. Small ge
 import dataclasses
 import io
 import json
-import tarfile
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import PROSE, write_tar
 from PIL import Image
 
 from curation import sources
@@ -19,19 +19,7 @@ from curation.shards import iter_samples
 from curation.sources import SourceSpec
 from curation.text import TextCurationConfig, curate_text, doc_stats, quality_reason
 from curation.video import VideoCurationConfig, curate_video
-from infra import storage
 
-PROSE = [
-    "The river ran past the old mill and the children of the village would sit on the bank in the "
-    "evening to watch the water turn the great wheel. Their grandmother told them that the mill had "
-    "been built by her own father, who carried every stone from the quarry on the far side of the hill.",
-    "A lighthouse keeper must climb the tower each night before dusk to trim the wick and wind the "
-    "clockwork that turns the lens. If he is late, the ships that pass the reef in the dark have no "
-    "way to know where the rocks lie, and so the keeper is never late, not even once in thirty years.",
-    "In the spring the farmers of the valley plough their fields and sow barley and oats, and when the "
-    "summer comes they watch the sky for rain. A dry year means that the cattle must be sold before the "
-    "winter, because there will not be enough hay in the barns to feed them until the grass grows again.",
-]
 TEXT_CFG = TextCurationConfig(min_chars=100)
 
 
@@ -39,15 +27,6 @@ def png_bytes(w=60, h=40, color=(200, 30, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (w, h), color).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def write_tar(path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, fields in samples:
-            for ext, data in fields.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,16 +68,6 @@ def test_text_from_jsonl_parquet_webdataset_and_folder(tmp_path):
     got = {s["source"]: s["text"] for s in iter_samples(curated.uri)}
     assert got == {"j": PROSE[0], "docs": PROSE[1], "web": PROSE[2], "notes": got["notes"]}
     assert read_quarantine(curated.quarantine_uri) == []
-
-
-def test_text_sources_on_s3(s3_bucket, tmp_path):
-    storage.write_bytes(f"{s3_bucket}/in/a.jsonl", (json.dumps({"text": PROSE[0]}) + "\n").encode())
-    write_tar(tmp_path / "s.tar", [("k0", {"txt": PROSE[1].encode()})])
-    storage.upload_file(tmp_path / "s.tar", f"{s3_bucket}/wds/s-000.tar")
-    cfg = dataclasses.replace(TEXT_CFG, sources=[f"jsonl:{s3_bucket}/in/", f"webdataset:{s3_bucket}/wds"])
-    curated = curate_text(f"{s3_bucket}/out", cfg)
-    assert sorted(s["text"] for s in iter_samples(curated.uri)) == sorted(PROSE[:2])
-    assert storage.exists(curated.quarantine_uri)
 
 
 # ----------------------------------------------------------------------------------------------
