@@ -5,5 +5,5 @@
     build_mixture                                   -> mixture.json (sources, tokenizer, token shares)
 
 Every output location is a URI from infra.storage: a local folder or s3://bucket/prefix.
-No Dagster here: the assets in assets/ call these functions.
+No Dagster here: the assets in defs/data/ call these functions.
 """

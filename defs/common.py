@@ -18,7 +18,7 @@ import pydantic
 from defs.resources import ArtifactStore, MlflowTracking, RunProfile, TorchrunLauncher
 from infra.refs import CheckpointRef, MissingReference, MixtureRef
 from infra.settings import default_data_root
-from infra.spec import SpecError, flat_params, write_spec
+from infra.spec import SpecError, block_class, flat_params, write_spec
 from infra.tracking import DatasetRef
 from training.spec import POST_TRAINING_BLOCKS, StageInputs, StageSpec, stage_info, upstream_of
 
@@ -67,16 +67,12 @@ def set_fields(config: dg.Config, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _block_type(annotation: Any) -> type:
-    return next(a for a in (annotation, *typing.get_args(annotation)) if isinstance(a, type) and a is not type(None))
-
-
 def stage_config_class(stage: str, has_phases: bool) -> type:
     """The launchpad config of a training stage: one typed section per block of its spec."""
     blocks = ("train", "data", "optimizer", "parallel", "checkpoint", *POST_TRAINING_BLOCKS.get(stage, ()))
     fields: dict[str, Any] = {}
     for key in blocks:
-        section = overrides_config(f"{stage}_{key}", _block_type(StageSpec.model_fields[key].annotation))
+        section = overrides_config(f"{stage}_{key}", block_class(StageSpec.model_fields[key].annotation))
         fields[key] = (section, pydantic.Field(default_factory=section, description=f"the {key} block"))
     if has_phases:
         fields["phase_steps"] = (Optional[list[int]], pydantic.Field(None, description="steps per phase, in order"))

@@ -70,7 +70,7 @@ def _field_annotations(cls: type) -> dict[str, Any]:
     return {}
 
 
-def _block_class(annotation: Any) -> type | None:
+def block_class(annotation: Any) -> type | None:
     """The block class behind an annotation (`X` or `X | None`), if it is one."""
     for candidate in (annotation, *typing.get_args(annotation)):
         if _field_annotations(candidate):
@@ -109,7 +109,7 @@ def apply_overrides(obj: Any, overrides: Mapping[str, Any] | None, what: str):
             if depth == len(parts) - 1:
                 target[name] = parse_value(fields[name], raw)
             else:
-                cls = _block_class(fields[name])
+                cls = block_class(fields[name])
                 if cls is None or not isinstance(target.get(name), dict):
                     raise SpecError(f"unknown override {key!r} for {what}: {name!r} has no fields")
                 target = target[name]

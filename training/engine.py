@@ -73,11 +73,11 @@ class Engine:
     # ---- construction
     def _build_model(self) -> K25Model:
         spec, init = self.spec, self.spec.inputs.init_from
+        torch.manual_seed(spec.train.seed)  # identical initial weights on every rank
         if init is not None:
             model = checkpoint.load_model(init, "cpu", manifest=self.init_manifest, max_seq_len=spec.data.seq_len)
             self.reporter.log(f"initialised from {init.uri}")
         else:
-            torch.manual_seed(spec.train.seed)  # identical initial weights on every rank
             model = checkpoint.fresh_model(spec.model, self.vocab, max_seq_len=spec.data.seq_len)
         if model.cfg.vocab_size != self.vocab.size:
             fail(f"upstream checkpoint vocab {model.cfg.vocab_size} != tokenizer vocab {self.vocab.size}")

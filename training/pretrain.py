@@ -50,9 +50,10 @@ from training.program import RunContext, program_args
 from training.reporting import Reporter, fail
 from training.runtime import rank_env
 from training.siglip import siglip_loss
+from training.spec import STAGES as ALL_STAGES
 from training.spec import StageInputs, StageSpec, phase_dirs
 
-STAGES = ("vit_warmup", "joint_pretrain", "midtrain")
+STAGES = tuple(s.name for s in ALL_STAGES if s.program == "training.pretrain")  # this program's stages
 
 
 def modality_loss_sums(token_loss: torch.Tensor, targets: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:

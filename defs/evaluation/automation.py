@@ -7,10 +7,9 @@ import os
 
 import dagster as dg
 
-from defs.evaluation.assets import evaluation
 from training.spec import STAGE_NAMES
 
-evaluation_job = dg.define_asset_job("evaluation_job", selection=[evaluation],
+evaluation_job = dg.define_asset_job("evaluation_job", selection=["evaluation"],
                                      description="Evaluate a checkpoint (see the evaluation asset's config).")
 
 

@@ -46,14 +46,15 @@ def test_midtrain_phases_chain_report_and_resume(mixture, tmp_path):
     out = launch(mixture, run_dir, *MIDTRAIN, "--tracking-uri", tracking)
 
     dirs = [run_dir / f"phase-{k}-{name}" for k, (name, *_) in enumerate(EXPECTED)]
-    assert sorted(p.name for p in run_dir.iterdir()) == [d.name for d in dirs]
+    assert sorted(p.name for p in run_dir.iterdir()) == [d.name for d in dirs] + ["spec.json"]
     previous = None
     for d, (name, steps, seq_len, factor) in zip(dirs, EXPECTED):
         uri = checkpoint.latest(str(d))
         manifest, _ = checkpoint.read_manifest(uri)
         assert manifest["step"] == steps and manifest["world_size"] == 2
-        sc, mc = manifest["stage_config"], manifest["model_config"]
-        assert (sc["phase"], sc["steps"], sc["seq_len"], sc["yarn_factor"]) == (name, steps, seq_len, factor)
+        sc, mc = manifest["spec"], manifest["model_config"]
+        assert (sc["phase"], sc["train"]["steps"], sc["data"]["seq_len"], sc["train"]["yarn_factor"]) == (
+            name, steps, seq_len, factor)
         assert mc["yarn_factor"] == factor and mc["max_seq_len"] >= seq_len
         assert manifest["init_from"] == previous  # phase k starts from phase k-1's final checkpoint
         previous = uri
@@ -102,8 +103,8 @@ def test_projector_phase_changes_only_the_projector(mixture, tmp_path):
     caption_uri = checkpoint.latest(str(run_dir / "phase-0-caption"))
     projector_uri = checkpoint.latest(str(run_dir / "phase-1-projector"))
     manifest, _ = checkpoint.read_manifest(projector_uri)
-    assert manifest["stage_config"]["trainable"] == ["projector"] and manifest["init_from"] == caption_uri
-    assert checkpoint.read_manifest(caption_uri)[0]["stage_config"]["trainable"] == ["vision", "projector", "llm"]
+    assert manifest["spec"]["train"]["trainable"] == ["projector"] and manifest["init_from"] == caption_uri
+    assert checkpoint.read_manifest(caption_uri)[0]["spec"]["train"]["trainable"] == ["vision", "projector", "llm"]
     before = checkpoint.load(caption_uri, names=("model",))["model"]
     after = checkpoint.load(projector_uri, names=("model",))["model"]
     assert before.keys() == after.keys()
