@@ -186,6 +186,15 @@ def test_ill_typed_or_unknown_launchpad_field_is_refused_before_the_run(env, con
     assert _no_new_checkpoints(env, "joint_pretrain", before)
 
 
+def test_a_checkpoint_is_not_continued_under_another_profile(env):
+    """The profile is one value per run: a tiny checkpoint does not silently get small settings."""
+    before = _count(env, "joint_pretrain")
+    result = run(env["defs"], env["instance"], ["joint_pretrain"], {}, {"profile": {"config": {"name": "small"}}})
+    assert not result.success
+    assert "was trained with profile 'tiny', this run's profile is 'small'" in failure_messages(result)
+    assert _no_new_checkpoints(env, "joint_pretrain", before)
+
+
 def test_missing_upstream_checkpoint_fails(env, tmp_path):
     with dg.instance_for_test(temp_dir=str(tmp_path)) as fresh:
         result = run(env["defs"], fresh, ["midtrain"], {})
@@ -200,6 +209,7 @@ def test_deleted_upstream_checkpoint_fails(env, tmp_path):
     copy = tmp_path / "joint" / "step_000006"
     shutil.copytree(md["checkpoint_uri"], copy)
     (copy / "manifest.json").unlink()
+    (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as fresh:
         for key in ("mixture", "joint_pretrain"):
             metadata = latest_metadata(env["instance"], key)

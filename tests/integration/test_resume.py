@@ -29,7 +29,7 @@ def mixture_uri(tmp_path_factory):
     images = curate_image_text(str(out / "img"), ImageCurationConfig(max_digits=40, include_skimage=False))
     video = curate_video(str(out / "vid"), VideoCurationConfig(max_chunks_per_video=1))
     tok = train_tokenizer(text.uri, str(out / "tok"), 500)
-    build_mixture({"text": text, "image_text": images, "video": video}, tok, str(out / "mixture"), 0.1)
+    build_mixture({"text": text, "image_text": images, "video": video}, tok, str(out / "mixture"))
     return str(out / "mixture" / "mixture.json")
 
 
