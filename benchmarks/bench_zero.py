@@ -110,7 +110,10 @@ def main(argv=None) -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--model", default="tiny")
+    p.add_argument("--quick", action="store_true", help="4 steps (well under 3 minutes on 2 cores)")
     a = p.parse_args(argv)
+    if a.quick:
+        a.steps = 4
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_worker, args=(2, _free_port(), a, out), nprocs=2, join=True)
@@ -122,6 +125,11 @@ def main(argv=None) -> None:
         t, b = res[name]
         tb, bb = res[base]
         print(f"{name:<16} {t * 1e3:9.1f} {b / 2**20:15.2f} {b / bb:13.2f} {tb / t:11.2f}")
+    ratio = {name: (res[name][1] / res[base][1], res[base][0] / res[name][0])
+             for name, base in (("adamw_zero1", "adamw"), ("muonclip_zero1", "muonclip"))}
+    print(f"RESULT adamw_zero1_memory={ratio['adamw_zero1'][0]:.2f} adamw_zero1_speed={ratio['adamw_zero1'][1]:.2f} "
+          f"muonclip_sharded_memory={ratio['muonclip_zero1'][0]:.2f} "
+          f"muonclip_sharded_speed={ratio['muonclip_zero1'][1]:.2f}")
 
 
 if __name__ == "__main__":
