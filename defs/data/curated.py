@@ -92,37 +92,32 @@ def curated_result(context, mlflow: MlflowTracking, asset: str, curated: Curated
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(curated.digest), check_results=checks)
 
 
-@dg.asset(group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
-          check_specs=check_specs("text_corpus", CURATION_CHECKS))
-def text_corpus(context: dg.AssetExecutionContext, config: TextRunConfig, profile: RunProfile,
-                artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:
-    """Text documents (CPython reference prose, the KJV bible by chapter): Unicode-normalised,
-    filtered by length, letter share, stop-word share, word length and repeated lines, split when
-    long, exact and MinHash near-duplicates removed; rejects listed in quarantine.jsonl."""
-    cfg = curation_config("text", config, profile)
-    curated = curate_text(artifacts.uri("curated", "text", context.run_id), cfg)
-    return curated_result(context, mlflow, "text_corpus", curated, config)
+def curated_asset(name: str, kind: str, curate, config_class: type, description: str) -> dg.AssetsDefinition:
+    """A curation asset: the run profile's settings for `kind` with the launchpad's overrides,
+    curated into a fresh folder, checked, recorded in MLflow."""
+
+    @dg.asset(name=name, group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
+              description=description, check_specs=check_specs(name, CURATION_CHECKS))
+    def _asset(context: dg.AssetExecutionContext, config: config_class, profile: RunProfile,  # type: ignore[valid-type]
+               artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:
+        cfg = curation_config(kind, config, profile)
+        curated = curate(artifacts.uri("curated", kind, context.run_id), cfg)
+        return curated_result(context, mlflow, name, curated, config)
+
+    return _asset
 
 
-@dg.asset(group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
-          check_specs=check_specs("image_text_corpus", CURATION_CHECKS))
-def image_text_corpus(context: dg.AssetExecutionContext, config: ImageRunConfig, profile: RunProfile,
-                      artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:
-    """Captioned images (scikit-image samples, labelled scikit-learn digits, or your own sources),
-    decoded, validated and resized by the recipe's NaViT rule (aspect ratio kept, downscale only to
-    `patch_limit` patches, zero-padded to multiples of 28 px: whole 2x2-merged patch tokens)."""
-    cfg = curation_config("image_text", config, profile)
-    curated = curate_image_text(artifacts.uri("curated", "image_text", context.run_id), cfg)
-    return curated_result(context, mlflow, "image_text_corpus", curated, config)
+text_corpus = curated_asset("text_corpus", "text", curate_text, TextRunConfig, """\
+Text documents (CPython reference prose, the KJV bible by chapter): Unicode-normalised,
+filtered by length, letter share, stop-word share, word length and repeated lines, split when
+long, exact and MinHash near-duplicates removed; rejects listed in quarantine.jsonl.""")
 
+image_text_corpus = curated_asset("image_text_corpus", "image_text", curate_image_text, ImageRunConfig, """\
+Captioned images (scikit-image samples, labelled scikit-learn digits, or your own sources),
+decoded, validated and resized by the recipe's NaViT rule (aspect ratio kept, downscale only to
+`patch_limit` patches, zero-padded to multiples of 28 px: whole 2x2-merged patch tokens).""")
 
-@dg.asset(group_name="data", code_version=CODE_VERSION, kinds={"python", "webdataset"},
-          check_specs=check_specs("video_corpus", CURATION_CHECKS))
-def video_corpus(context: dg.AssetExecutionContext, config: VideoRunConfig, profile: RunProfile,
-                 artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:
-    """Real video clips decoded with PyAV (streaming), sampled at min(sample_fps, native fps),
-    resized by the NaViT rule with the per-frame patch limit and grouped into 4-frame chunks, each
-    with its hh:mm:ss.fff start time."""
-    cfg = curation_config("video", config, profile)
-    curated = curate_video(artifacts.uri("curated", "video", context.run_id), cfg)
-    return curated_result(context, mlflow, "video_corpus", curated, config)
+video_corpus = curated_asset("video_corpus", "video", curate_video, VideoRunConfig, """\
+Real video clips decoded with PyAV (streaming), sampled at min(sample_fps, native fps),
+resized by the NaViT rule with the per-frame patch limit and grouped into 4-frame chunks, each
+with its hh:mm:ss.fff start time.""")
