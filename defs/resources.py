@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -39,6 +41,15 @@ class RunProfile(dg.ConfigurableResource):
         return recipes.load_profile(self.name)
 
 
+def _schema_lock(tracking_uri: str) -> Path:
+    """The lock file of a database tracking store: beside a sqlite file, else in the temp folder."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return db.with_name(db.name + ".lock")
+    return Path(tempfile.gettempdir()) / f"k25-mlflow-schema-{hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]}.lock"
+
+
 class ArtifactStore(dg.ConfigurableResource):
     """One artifact root URI: a local folder or `s3://bucket/prefix`."""
 
@@ -58,14 +69,13 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment: str = "k25"
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if not self.tracking_uri.startswith("sqlite:///"):
-            check_reachable(self.tracking_uri)
+        if self.tracking_uri.startswith(("http://", "https://")):
+            check_reachable(self.tracking_uri)  # the server owns its schema
             return
-        # Parallel Dagster steps would race to create the sqlite schema; the first one creates
-        # it under a file lock, the others then find it.
-        db = Path(self.tracking_uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "w") as lock:
+        # A database store creates its schema on first use; parallel Dagster steps would race to
+        # create it (sqlite: "table already exists", PostgreSQL: duplicate pg_type rows). The
+        # first step creates it under a file lock, the others then find it.
+        with open(_schema_lock(self.tracking_uri), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             check_reachable(self.tracking_uri)
 

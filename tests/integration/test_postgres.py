@@ -4,6 +4,8 @@ tracking backend, each in its own fresh database on 127.0.0.1:5432."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import shutil
 
 import dagster as dg
 import helpers
@@ -33,26 +35,27 @@ def _query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
         conn.close()
 
 
-def _write_dagster_yaml(home, postgres_url: str) -> None:
+def _shipped_instance(home, monkeypatch, db: str) -> None:
+    """$DAGSTER_HOME/dagster.yaml is the shipped infra/deploy/dagster.postgres.yaml, unchanged, with
+    the DAGSTER_PG_* variables the README names (the password empty: trust authentication)."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(
-        "storage:\n"
-        "  postgres:\n"
-        f"    postgres_url: {postgres_url}\n"
-        "telemetry:\n"
-        "  enabled: false\n"
-    )
+    shutil.copy(helpers.REPO_ROOT / "infra" / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
+    a = helpers.POSTGRES_ADMIN
+    for name, value in (("HOST", a["host"]), ("USER", a["user"]), ("PASSWORD", ""), ("DB", db)):
+        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
 
 
 # ----------------------------------------------------------------------------------------------
 # (a) Dagster with PostgreSQL instance storage
 
-def test_dagster_materializations_persist_in_postgres(tmp_path, monkeypatch, postgres_url, postgres_db_factory):
+def test_dagster_materializations_persist_in_postgres(tmp_path, monkeypatch, postgres_db_factory):
     monkeypatch.chdir(tmp_path)  # nothing relative (mlruns, .k25) may land in the repo
     monkeypatch.setenv("K25_DATA_ROOT", str(helpers.DATA_ROOT))
     home = tmp_path / "dagster_home"
-    _write_dagster_yaml(home, postgres_url)
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    dagster_db = postgres_db_factory("k25_dagster")
+    _shipped_instance(home, monkeypatch, dagster_db)
+    postgres_url = helpers.postgres_url_for(dagster_db)
     mlflow_url = helpers.postgres_url_for(postgres_db_factory("k25_mlflow_dg"))
 
     defs = build_definitions(artifact_root=str(tmp_path / "art"), tracking_uri=mlflow_url)
@@ -193,3 +196,25 @@ def test_plain_postgresql_url_works_for_mlflow(postgres_db_factory):
     run_id = tracker.child_run(tracker.parent_run("dagster-run-plain"), "sft")
     tracker.finish(run_id)
     assert MlflowClient(url).get_run(run_id).info.status == "FINISHED"
+
+
+def _setup_tracking(url: str, barrier) -> None:
+    from defs.resources import MlflowTracking
+
+    barrier.wait()  # both processes reach the fresh database at the same moment
+    MlflowTracking(tracking_uri=url).setup_for_execution(None)
+
+
+def test_parallel_steps_create_the_mlflow_schema_of_a_fresh_postgres_database_once(postgres_db_factory):
+    """Two step processes set up MLflow on a fresh PostgreSQL database at once (as parallel
+    Dagster steps do): both succeed, the schema exists once."""
+    url = helpers.postgres_url_for(postgres_db_factory("k25_mlflow_race"))
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_setup_tracking, args=(url, barrier)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert _query(url, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'experiments'") == [(1,)]
