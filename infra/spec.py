@@ -110,8 +110,10 @@ def apply_overrides(obj: Any, overrides: Mapping[str, Any] | None, what: str):
                 target[name] = parse_value(fields[name], raw)
             else:
                 cls = block_class(fields[name])
-                if cls is None or not isinstance(target.get(name), dict):
+                if cls is None:
                     raise SpecError(f"unknown override {key!r} for {what}: {name!r} has no fields")
+                if not isinstance(target.get(name), dict):  # an optional block this spec does not use
+                    raise SpecError(f"override {key!r}: {what} has no {name!r} block")
                 target = target[name]
     return validated(type(obj), data, what)
 

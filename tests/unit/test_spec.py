@@ -63,6 +63,8 @@ def test_unknown_override_key_names_it():
         recipes.resolve_stage("tiny", "sft", {"train.stepz": "3"})
     with pytest.raises(SpecError, match="unknown override 'steps'"):
         recipes.resolve_stage("tiny", "sft", {"steps": "3"})  # fields live in their block
+    with pytest.raises(SpecError, match="stage 'joint_pretrain' .* has no 'rl' block"):
+        recipes.resolve_stage("tiny", "joint_pretrain", {"rl.group_size": "3"})  # a block of post-training
     with pytest.raises(SpecError, match="'profile' is not supported"):
         recipes.resolve_stage("tiny", "sft", {"profile": "small"})  # one profile per run
 
