@@ -16,7 +16,7 @@ import dagster as dg
 import pydantic
 
 from defs.resources import ArtifactStore, MlflowTracking, RunProfile, TorchrunLauncher
-from infra.refs import CheckpointRef, MissingReference, MixtureRef
+from infra.refs import CheckpointRef, MissingReference, MixtureRef, plain_metadata
 from infra.settings import default_data_root
 from infra.spec import SpecError, block_class, flat_params, write_spec
 from infra.tracking import DatasetRef
@@ -170,7 +170,7 @@ def run_training_stage(context: dg.AssetExecutionContext, config: dg.Config, pro
         args = ["--spec", spec_uri, "--tracking-uri", mlflow.tracking_uri, "--mlflow-run-id", run_id,
                 "--data-root", default_data_root()]
         result = launcher.run(context, stage_info(stage).program, args, spec.nproc_per_node)
-    md = {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
+    md = plain_metadata(result.metadata or {})
     data_version = result.data_version.value if result.data_version else None
     extra = {"mlflow_run": dg.MetadataValue.text(tracker.run_url(run_id)),
              "init_from": str(init.uri if init else None), "run_dir": run_dir, "spec_uri": spec_uri}

@@ -23,8 +23,9 @@ class MissingReference(LookupError):
     """A reference whose target is gone, uncommitted or not what the reference says."""
 
 
-def _plain(value: Any) -> Any:
-    return value.value if hasattr(value, "value") else value
+def plain_metadata(metadata) -> dict[str, Any]:
+    """Materialization metadata as plain values (Dagster wraps each in a MetadataValue)."""
+    return {k: getattr(v, "value", v) for k, v in metadata.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +37,7 @@ class _Ref:
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any], what: str = "upstream"):
-        md = {k: _plain(v) for k, v in metadata.items()}
+        md = plain_metadata(metadata)
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
         missing = [cls.KEYS[name] for name in required if md.get(cls.KEYS[name]) is None]
         if missing:
@@ -47,6 +48,11 @@ class _Ref:
     def from_materialization(cls, materialization, what: str = "upstream"):
         """From a Dagster AssetMaterialization (or anything with `.metadata`)."""
         return cls.from_metadata(dict(materialization.metadata), what)
+
+    def _expect_digest(self, found: str, what: str, why: str = "") -> None:
+        if found != self.digest:
+            raise MissingReference(f"{what} {self.uri} has {'manifest ' if why else ''}digest {found}, "
+                                   f"expected {self.digest}{why}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +72,7 @@ class CuratedSetRef(_Ref):
             curated = CuratedSet.load(self.uri)
         except FileNotFoundError as e:
             raise MissingReference(f"curated set {self.uri} is gone: {e}") from e
-        if curated.digest != self.digest:
-            raise MissingReference(f"curated set {self.uri} has digest {curated.digest}, expected {self.digest}")
+        self._expect_digest(curated.digest, "curated set")
         return curated
 
 
@@ -83,9 +88,7 @@ class TokenizerRef(_Ref):
     def verify(self) -> None:
         from curation.tokenizer import tokenizer_digest
 
-        found = tokenizer_digest(self.uri)
-        if found != self.digest:
-            raise MissingReference(f"tokenizer {self.uri} has digest {found}, expected {self.digest}")
+        self._expect_digest(tokenizer_digest(self.uri), "tokenizer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,8 +107,7 @@ class MixtureRef(_Ref):
             mixture = read_mixture(self.uri)
         except FileNotFoundError as e:
             raise MissingReference(str(e)) from e
-        if mixture["digest"] != self.digest:
-            raise MissingReference(f"mixture {self.uri} has digest {mixture['digest']}, expected {self.digest}")
+        self._expect_digest(mixture["digest"], "mixture")
         return mixture
 
     @classmethod
@@ -140,9 +142,7 @@ class CheckpointRef(_Ref):
             manifest, digest = read_manifest(self.uri)
         except CheckpointError as e:
             raise MissingReference(str(e)) from e
-        if digest != self.digest:
-            raise MissingReference(f"checkpoint {self.uri} has manifest digest {digest}, expected {self.digest} "
-                                   "(rewritten since it was recorded)")
+        self._expect_digest(digest, "checkpoint", " (rewritten since it was recorded)")
         return manifest
 
     @classmethod
@@ -155,5 +155,10 @@ class CheckpointRef(_Ref):
             manifest, digest = read_manifest(uri)
         except CheckpointError as e:
             raise MissingReference(str(e)) from e
+        return cls.from_manifest(uri, manifest, digest, model_id)
+
+    @classmethod
+    def from_manifest(cls, uri: str, manifest: dict, digest: str, model_id: str | None = None) -> "CheckpointRef":
+        """The reference to a checkpoint whose manifest (and its sha256) the caller has read."""
         return cls(uri=uri, digest=digest, stage=manifest.get("stage", "?"), step=int(manifest["step"]),
                    model_id=model_id, profile=manifest.get("profile"))

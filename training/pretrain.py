@@ -143,19 +143,16 @@ def train(engine: Engine) -> None:
 # Phases
 
 
-def _committed_step(uri: str | None) -> int | None:
-    return None if uri is None else int(checkpoint.read_manifest(uri)[0]["step"])
-
-
 def run_phases(spec: StageSpec, run: RunContext) -> None:
     """Train the phases of `spec` in order (see the module docstring); each phase's own spec
     was resolved with the stage's, only its inputs (run dir, starting checkpoint) are set here."""
     phases, inputs = spec.phases, spec.inputs
     dirs = phase_dirs(spec)
     # Every rank reads the same committed state before any rank can write (writes are collective).
+    # Each phase folder's committed manifest is read once here.
     try:
         latest = [None if run.resume == "never" else checkpoint.latest(d) for d in dirs]
-        steps_done = [_committed_step(u) for u in latest]
+        manifests = [checkpoint.read_manifest(u) if u else None for u in latest]
     except checkpoint.CheckpointError as e:
         fail(str(e))
     if run.resume == "must" and not any(latest):
@@ -168,14 +165,14 @@ def run_phases(spec: StageSpec, run: RunContext) -> None:
     for k, (phase, run_dir) in enumerate(zip(phases, dirs)):
         last = k == len(phases) - 1
         label = f"phase {k + 1}/{len(phases)} {phase.name!r}"
-        if k > 0 and latest[k] is not None:
-            started_from = checkpoint.read_manifest(latest[k])[0].get("init_from")
+        if k > 0 and manifests[k] is not None:
+            started_from = manifests[k][0].get("init_from")
             if started_from != (init.uri if init else None):
                 fail(f"{label} in {run_dir} was started from {started_from}, but the phase before it now ends at "
                      f"{init.uri}; resume with the same phase lengths, or use a new run dir or --resume never")
-        if not last and steps_done[k] is not None and steps_done[k] >= phase.steps:
+        if not last and manifests[k] is not None and manifests[k][0]["step"] >= phase.steps:
             reporter.log(f"{label}: complete at {latest[k]}, skipped")
-            init, offset = checkpoint.CheckpointRef.at(latest[k]), offset + phase.steps
+            init, offset = checkpoint.CheckpointRef.from_manifest(latest[k], *manifests[k]), offset + phase.steps
             continue
         pspec = phase.spec.model_copy(update={"inputs": StageInputs(mixture=inputs.mixture, run_dir=run_dir,
                                                                     init_from=init)})

@@ -26,7 +26,7 @@ from defs.common import (
 from defs.resources import ArtifactStore, MlflowTracking, RunProfile, TorchrunLauncher
 from evaluation.config import EvalConfig
 from infra import storage
-from infra.refs import CheckpointRef, MissingReference, MixtureRef
+from infra.refs import CheckpointRef, MissingReference, MixtureRef, plain_metadata
 from infra.settings import default_data_root
 from infra.spec import write_spec
 from training.spec import STAGE_NAMES
@@ -79,7 +79,7 @@ def previous_metrics(context: dg.AssetExecutionContext) -> dict[str, float]:
     event = context.instance.get_latest_materialization_event(dg.AssetKey("evaluation"))
     if event is None or event.asset_materialization is None:
         return {}
-    md = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+    md = plain_metadata(event.asset_materialization.metadata)
     return {k: v for k, v in md.items() if "/" in k and isinstance(v, (int, float))}
 
 
@@ -127,7 +127,7 @@ def evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig, p
                 "--data-root", data_root]
         nproc = profile.load().nproc_per_node
         result = launcher.run(context, "evaluation.run", args, nproc)
-        md = {k: getattr(v, "value", v) for k, v in (result.metadata or {}).items()}
+        md = plain_metadata(result.metadata or {})
         metrics = {k: v for k, v in md.items() if "/" in k and isinstance(v, (int, float))}
         comparison = comparison_md(metrics, previous, f"{stage} {ckpt.uri}")
         tracker.client.log_text(run_id, comparison, "comparison.md")

@@ -7,6 +7,7 @@ import os
 
 import dagster as dg
 
+from infra.refs import plain_metadata
 from training.spec import STAGE_NAMES
 
 evaluation_job = dg.define_asset_job("evaluation_job", selection=["evaluation"],
@@ -44,7 +45,7 @@ def new_checkpoint_requests(instance: dg.DagsterInstance, cursor: dict[str, floa
         if event is None or event.asset_materialization is None or event.timestamp <= cursor.get(stage, -1.0):
             continue
         cursor[stage] = event.timestamp
-        md = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+        md = plain_metadata(event.asset_materialization.metadata)
         uri = md.get("checkpoint_uri")
         if not uri:
             continue
