@@ -50,6 +50,21 @@ def canonical_digest(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+LOCATION_KEYS = ("uri", "manifest_uri", "token_counts_uri")
+
+
+def content_digest(mixture: dict) -> str:
+    """The digest of what a mixture holds, never of where it lies: every URI is left out (each
+    curation run writes a fresh folder), so re-curating unchanged data, or the same data in
+    another deployment, gives the same digest and downstream stages stay fresh."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in LOCATION_KEYS}
+        return value
+
+    return canonical_digest(strip({k: v for k, v in mixture.items() if k != "digest"}))
+
+
 def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerRef, out_uri: str) -> dict:
     """Write `out_uri/mixture.json` and return it. Each source's `token_share` is its share of
     its modality group's tokens (text, or vision); the vision:text ratio itself belongs to each
@@ -89,7 +104,7 @@ def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerRef, out_uri:
         "tokens": {"text": text_total, "vision": vision_total},
         "token_counts_digest": storage.sha256_bytes(buf.getvalue()),
     }
-    mixture["digest"] = canonical_digest(mixture)  # content only: where the table lies is not part of it
+    mixture["digest"] = content_digest(mixture)
     mixture["token_counts_uri"] = counts_uri
     storage.write_text(storage.join(out_uri, MIXTURE_FILE), json.dumps(mixture, indent=2, sort_keys=True))
     return mixture

@@ -18,7 +18,7 @@ import pydantic
 from defs.resources import ArtifactStore, MlflowTracking, RunProfile, TorchrunLauncher
 from infra.refs import CheckpointRef, MissingReference, MixtureRef, plain_metadata
 from infra.settings import default_data_root
-from infra.spec import SpecError, block_class, flat_params, write_spec
+from infra.spec import SpecError, block_class, spec_params, write_spec
 from infra.tracking import DatasetRef
 from training.spec import POST_TRAINING_BLOCKS, StageInputs, StageSpec, stage_info, upstream_of
 
@@ -131,12 +131,6 @@ def check_profile(ref: CheckpointRef, manifest: dict, profile: str, what: str) -
                                      f"profile is {profile!r}; materialize the chain with one profile")
 
 
-def spec_params(spec: pydantic.BaseModel) -> dict[str, str]:
-    """The spec as MLflow params (phase specs are in spec.json; their names, steps and overrides here)."""
-    data = spec.model_dump(mode="json", exclude={"phases": {"__all__": {"spec"}}} if getattr(spec, "phases", None) else None)
-    return flat_params(data)
-
-
 # ---- training stages
 
 def resolve_or_fail(resolve, *args):
@@ -146,36 +140,45 @@ def resolve_or_fail(resolve, *args):
         raise dg.Failure(description=str(e)) from e
 
 
+def run_folder_id(context: dg.AssetExecutionContext) -> str:
+    """The run folder is the root run's: "Re-execute" of a stopped or failed run in the UI finds
+    the checkpoint its first attempt committed and resumes from it (resume=auto)."""
+    return context.dagster_run.root_run_id or context.run_id
+
+
 def run_training_stage(context: dg.AssetExecutionContext, config: dg.Config, profile: RunProfile,
                        artifacts: ArtifactStore, mlflow: MlflowTracking, launcher: TorchrunLauncher,
                        stage: str) -> dg.MaterializeResult:
     import recipes
 
-    mixture_ref = upstream_ref(context, "mixture", MixtureRef)
-    mixture = verified(mixture_ref, "mixture")
-    upstream = upstream_of(stage)
-    init = upstream_ref(context, upstream, CheckpointRef) if upstream else None
-    if init is not None:
-        check_profile(init, verified(init, f"checkpoint of {upstream!r}"), profile.name, f"upstream {upstream!r}")
-    run_dir = artifacts.uri("checkpoints", stage, context.run_id)
-    inputs = StageInputs(mixture=mixture_ref, run_dir=run_dir, init_from=init)
-    spec: StageSpec = resolve_or_fail(recipes.resolve_stage, profile.name, stage, stage_overrides(config), inputs)
-    spec_uri = write_spec(spec, run_dir)
-
-    with mlflow.stage_run(context, stage) as (tracker, run_id):
-        tracker.log_params(run_id, spec_params(spec))
-        tracker.log_datasets(run_id, mixture_datasets(mixture_ref, mixture))
+    # The MLflow run opens first: whatever fails below (a missing upstream, a bad override, the
+    # program, a failed check) ends it FAILED, and a stop from the UI ends it KILLED.
+    with mlflow.stage_run(context, stage) as run:
+        mixture_ref = upstream_ref(context, "mixture", MixtureRef)
+        mixture = verified(mixture_ref, "mixture")
+        upstream = upstream_of(stage)
+        init = upstream_ref(context, upstream, CheckpointRef) if upstream else None
+        if init is not None:
+            check_profile(init, verified(init, f"checkpoint of {upstream!r}"), profile.name, f"upstream {upstream!r}")
+        run_dir = artifacts.uri("checkpoints", stage, run_folder_id(context))
+        inputs = StageInputs(mixture=mixture_ref, run_dir=run_dir, init_from=init)
+        spec: StageSpec = resolve_or_fail(recipes.resolve_stage, profile.name, stage, stage_overrides(config), inputs)
+        spec_uri = write_spec(spec, run_dir)
+        run.tracker.log_params(run.run_id, spec_params(spec))
+        run.tracker.log_datasets(run.run_id, mixture_datasets(mixture_ref, mixture))
         if init is not None and init.model_id:
-            tracker.log_model_input(run_id, init.model_id)
-        args = ["--spec", spec_uri, "--tracking-uri", mlflow.tracking_uri, "--mlflow-run-id", run_id,
-                "--data-root", default_data_root()]
-        result = launcher.run(context, stage_info(stage).program, args, spec.nproc_per_node)
-    md = plain_metadata(result.metadata or {})
-    data_version = result.data_version.value if result.data_version else None
-    extra = {"mlflow_run": dg.MetadataValue.text(tracker.run_url(run_id)),
-             "init_from": str(init.uri if init else None), "run_dir": run_dir, "spec_uri": spec_uri}
+            run.tracker.log_model_input(run.run_id, init.model_id)
+        args = ["--spec", spec_uri, "--mlflow-run-id", run.run_id, "--data-root", default_data_root()]
+        # The tracking URI travels in the environment: a command line shows in logs and `ps`.
+        result = launcher.run(context, stage_info(stage).program, args, spec.nproc_per_node,
+                              env={"MLFLOW_TRACKING_URI": mlflow.tracking_uri})
+        md = plain_metadata(result.metadata or {})
+        data_version = result.data_version.value if result.data_version else None
+        checks = run.record_checks(checkpoint_checks(stage, md, data_version))
+    extra = {**run.links(md.get("mlflow_model_id")), "init_from": str(init.uri if init else None), "run_dir": run_dir,
+             "spec_uri": spec_uri}
     return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra}, data_version=result.data_version,
-                                check_results=checkpoint_checks(stage, md, data_version))
+                                check_results=checks)
 
 
 def checkpoint_checks(asset: str, md: dict[str, Any], data_version: str | None) -> list[dg.AssetCheckResult]:

@@ -239,7 +239,9 @@ def main(argv=None) -> None:
         md, png = report(metrics, spec.checkpoint.uri, cfg)
         storage.write_text(storage.join(spec.out, "report.md"), md)
         storage.write_bytes(storage.join(spec.out, "accuracy.png"), png)
-        reporter.metrics(0, {k.replace("/", "_").replace("@", "_at_"): v for k, v in metrics.items()})
+        # Logged against the evaluated LoggedModel too: its MLflow page lists this evaluation.
+        reporter.metrics(0, {k.replace("/", "_").replace("@", "_at_"): v for k, v in metrics.items()},
+                         model_id=spec.checkpoint.model_id)
         if reporter.tracker and reporter.run_id:
             client = reporter.tracker.client
             client.log_text(reporter.run_id, md, "report.md")

@@ -15,11 +15,15 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def torchrun_command(module: str, program_args: list[str], nproc_per_node: int, python: str | None = None) -> list[str]:
+def torchrun_command(module: str, program_args: list[str], nproc_per_node: int, python: str | None = None,
+                     stop_grace_s: int = 600) -> list[str]:
+    """torchrun passes a stop (SIGINT, SIGTERM) on to every rank and waits `stop_grace_s` for them
+    to commit a checkpoint and exit before it kills them (its default, 30 s, is too short for a
+    large model's save)."""
     if nproc_per_node < 1:
         raise ValueError(f"nproc_per_node must be >= 1, got {nproc_per_node}")
     return [python or sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc_per_node}", "-m", module, *program_args]
+            f"--nproc-per-node={nproc_per_node}", f"--shutdown-timeout={stop_grace_s}", "-m", module, *program_args]
 
 
 def program_env(base: dict[str, str] | None = None) -> dict[str, str]:

@@ -145,3 +145,10 @@ def read_spec(cls: type[BaseModel], uri: str) -> BaseModel:
         return cls.model_validate_json(storage.read_text(uri))
     except pydantic.ValidationError as e:
         raise SpecError(f"run spec {uri} is invalid: {error_text(e)}") from None
+
+
+def spec_params(spec: pydantic.BaseModel) -> dict[str, str]:
+    """A resolved spec as flat MLflow params (the specs of phases are in spec.json; their names,
+    steps and overrides are here)."""
+    data = spec.model_dump(mode="json", exclude={"phases": {"__all__": {"spec"}}} if getattr(spec, "phases", None) else None)
+    return flat_params(data)

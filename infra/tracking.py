@@ -38,6 +38,10 @@ class DatasetRef:
     context: str = "training"
 
     @property
+    def short_digest(self) -> str:
+        return self.digest[:32]  # MLflow caps a dataset digest at 36 characters
+
+    @property
     def source_type(self) -> str:
         return "s3" if self.source.startswith("s3://") else "local"
 
@@ -77,13 +81,17 @@ class Tracker:
             self.experiment_id = exp.experiment_id
 
     # ---- runs
-    def parent_run(self, dagster_run_id: str, job_name: str = "") -> str:
-        """The parent run of a Dagster run, created once (idempotent by tag search)."""
+    def find_parent(self, dagster_run_id: str) -> str | None:
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{DAGSTER_RUN_TAG}` = '{dagster_run_id}' AND tags.`{STAGE_TAG}` = 'dagster-run'",
             max_results=1)
+        return found[0].info.run_id if found else None
+
+    def parent_run(self, dagster_run_id: str, job_name: str = "") -> str:
+        """The parent run of a Dagster run, created once (idempotent by tag search)."""
+        found = self.find_parent(dagster_run_id)
         if found:
-            return found[0].info.run_id
+            return found
         run = self.client.create_run(self.experiment_id, run_name=f"dagster-{dagster_run_id[:8]}",
                                      tags={DAGSTER_RUN_TAG: dagster_run_id, STAGE_TAG: "dagster-run", "dagster.job": job_name})
         return run.info.run_id
@@ -93,22 +101,51 @@ class Tracker:
                                      tags={"mlflow.parentRunId": parent_run_id, STAGE_TAG: stage, **(tags or {})})
         return run.info.run_id
 
-    def finish(self, run_id: str, ok: bool = True) -> None:
-        """End a child run and bring its parent's status up to date (a failed child marks the
-        parent FAILED for good; otherwise the parent ends with its latest child)."""
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a child run FINISHED, FAILED or KILLED, and bring its parent up to date: the parent
+        ends FAILED (or KILLED) as soon as one child does and stays so; FINISHED once no child is
+        left running."""
+        self.client.set_terminated(run_id, status)
         parent_id = self.client.get_run(run_id).data.tags.get("mlflow.parentRunId")
-        if parent_id and (not ok or self.client.get_run(parent_id).info.status != "FAILED"):
-            self.client.set_terminated(parent_id, "FINISHED" if ok else "FAILED")
+        if parent_id:
+            self.settle_parent(parent_id)
+
+    def settle_parent(self, parent_id: str, status: str | None = None) -> None:
+        """The parent's status from its children's (or `status`, from the Dagster run's outcome)."""
+        current = self.client.get_run(parent_id).info.status
+        if current == "FAILED":
+            return  # a failure is final
+        if status is None:
+            children = self.client.search_runs([self.experiment_id],
+                                               filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+            states = {c.info.status for c in children}
+            status = next((s for s in ("FAILED", "KILLED", "RUNNING") if s in states), "FINISHED")
+        if status == "RUNNING" or (current == "KILLED" and status == "FINISHED"):
+            return
+        self.client.set_terminated(parent_id, status)
+
+    def end_dagster_run(self, dagster_run_id: str, status: str) -> None:
+        """A Dagster run ended FAILED or KILLED (canceled) as a whole: its MLflow runs still
+        RUNNING (a step process killed outright never ends its own) end so, and so does the parent."""
+        parent = self.find_parent(dagster_run_id)
+        if parent is None:
+            return
+        for child in self.client.search_runs([self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"):
+            if child.info.status == "RUNNING":
+                self.client.set_terminated(child.info.run_id, status)
+        self.settle_parent(parent, status)
 
     @contextlib.contextmanager
-    def closing(self, run_id: str):
-        """Yield `run_id`; end the run FINISHED when the block completes, FAILED on any exception
-        (KeyboardInterrupt and a terminated Dagster step included), then re-raise."""
+    def closing(self, run_id: str, killed_by: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
+        """Yield `run_id`; end the run FINISHED when the block completes, KILLED when it is
+        interrupted (`killed_by`: a stop from the UI), FAILED on any other exception, then re-raise."""
         try:
             yield run_id
+        except killed_by:
+            self.finish(run_id, "KILLED")
+            raise
         except BaseException:
-            self.finish(run_id, ok=False)
+            self.finish(run_id, "FAILED")
             raise
         self.finish(run_id)
 
@@ -118,16 +155,11 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def run_url(self, run_id: str) -> str:
-        if self.tracking_uri.startswith("http"):
-            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
-        return f"mlflow-run:{run_id} (tracking {self.tracking_uri})"
-
     # ---- lineage
     def log_datasets(self, run_id: str, datasets: list[DatasetRef]) -> None:
         # MLflow caps a dataset digest at 36 characters: the first 32 hex digits of the sha256
         # identify it; the full digest rides along as an input tag.
-        inputs = [DatasetInput(Dataset(name=d.name, digest=d.digest[:32], source_type=d.source_type, source=d.source),
+        inputs = [DatasetInput(Dataset(name=d.name, digest=d.short_digest, source_type=d.source_type, source=d.source),
                                tags=[InputTag("mlflow.data.context", d.context), InputTag(FULL_DIGEST_TAG, d.digest)])
                   for d in datasets]
         self.client.log_inputs(run_id, datasets=inputs)
@@ -136,19 +168,28 @@ class Tracker:
         self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
 
     def register_checkpoint(self, run_id: str, stage: str, checkpoint_uri: str, digest: str, step: int,
-                            params: dict[str, str] | None = None) -> str:
-        """A LoggedModel for a committed checkpoint; weights stay where they are (external)."""
+                            params: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
+                            dataset: DatasetRef | None = None) -> str:
+        """A LoggedModel for a committed checkpoint; weights stay where they are (external). Its
+        page shows what an audit asks: the spec as params, the checkpoint URI and digest (tags and
+        description), and the metrics at this step with the data set they were measured on."""
         model = self.client.create_logged_model(
             self.experiment_id, name=stage, source_run_id=run_id,
-            tags={"checkpoint_uri": checkpoint_uri, "digest": digest, STAGE_TAG: stage, "step": str(step)},
+            tags={"checkpoint_uri": checkpoint_uri, "digest": digest, STAGE_TAG: stage, "step": str(step),
+                  "mlflow.note.content": f"Checkpoint `{checkpoint_uri}` (step {step}), manifest sha256 `{digest}`."},
             params={k: str(v) for k, v in (params or {}).items()}, model_type="k25-checkpoint")
         self.client.finalize_logged_model(model.model_id, "READY")
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        if metrics:
+            self.log_metrics(run_id, metrics, step, synchronous=True, model_id=model.model_id, dataset=dataset)
         return model.model_id
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False):
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False,
+                    model_id: str | None = None, dataset: DatasetRef | None = None):
         """Batched; asynchronous by default so training never waits on the tracking server.
+        With `model_id` (and `dataset`) the values also show on that LoggedModel's page.
         Returns the pending operation (call `.wait()` before the process exits)."""
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        ds = {"dataset_name": dataset.name, "dataset_digest": dataset.short_digest} if dataset else {}
+        batch = [Metric(k, float(v), now, step, model_id=model_id, **ds) for k, v in metrics.items()]
         return self.client.log_batch(run_id, metrics=batch, synchronous=synchronous)

@@ -30,11 +30,17 @@ from training.data import Vocab, load_vocab
 from training.expert_parallel import ExpertParallelMoE, apply_expert_parallel, gather_moe_state_dict, sync_gradients
 from training.expert_parallel import grad_norm as ep_grad_norm
 from training.muonclip import MuonClip, enable_max_logit_recording, muon_param_groups, qk_clip, read_max_logits
+from infra.spec import spec_params
+from infra.tracking import DatasetRef
 from training.program import RunContext
 from training.reporting import Reporter, Throughput, fail
 from training.runtime import compute_init
 from training.spec import StageSpec, wsd_lr
 from training.zero import ShardedOptimizer, check_resumable, load_partition, wrap_zero1
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOPPED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a preempted job
 
 
 class Engine:
@@ -67,7 +73,11 @@ class Engine:
         self.step = 0
         self.loader_state: dict = {}
         self._stop = False
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        # A stop from the Dagster UI arrives as SIGINT (Pipes forwards it, torchrun passes it to every
+        # rank), preemption as SIGTERM: both take one path, so a stop never loses work. Raising
+        # KeyboardInterrupt instead would kill rank 0 mid-collective and leave no checkpoint.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._on_stop_signal)
         self._restore_training_state(resume_state)
 
     # ---- construction
@@ -173,8 +183,8 @@ class Engine:
         random.setstate(rng["python"])
         self.reporter.log(f"resumed from {latest} at step {self.step}")
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self._stop = True
+    def _on_stop_signal(self, signum, frame) -> None:
+        self._stop = signal.Signals(signum).name
 
     # ---- checkpoints
     def save(self, loader_state: dict) -> checkpoint.CheckpointRef:
@@ -192,7 +202,8 @@ class Engine:
         per_rank = {"rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "loader": loader_state}
         (per_rank if self.optimizer_per_rank else shared)["optim"] = self.optimizer.state_dict()
         uri, digest = checkpoint.save(spec.inputs.run_dir, self.step, shared, per_rank, meta)
-        model_id = self.reporter.checkpoint(uri, digest, self.step, {"stage": spec.stage, "step": self.step})
+        model_id = self.reporter.checkpoint(uri, digest, self.step, spec_params(spec),
+                                            DatasetRef("mixture", self.mixture["digest"], spec.inputs.mixture.uri))
         self.reporter.log(f"checkpoint step {self.step} committed: {uri}")
         return checkpoint.CheckpointRef(uri=uri, digest=digest, stage=spec.stage, step=self.step, model_id=model_id,
                                         profile=spec.profile)
@@ -309,9 +320,10 @@ class Engine:
             if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.steps or stop:
                 last_ckpt = self.save(loader_state())
             if stop:
-                self.reporter.log(f"SIGTERM: saved step {self.step}, exiting")
+                self.reporter.log(f"stopped by {self._stop or 'another rank'}: committed step {self.step} "
+                                  f"({last_ckpt.uri}); --resume continues from it")
                 self.reporter.finish({}, None, ok=False)
-                sys.exit(143)
+                sys.exit(STOPPED_EXIT_CODE)
         if last_ckpt is None:  # resumed at the final step: re-commit so the run reports a checkpoint
             last_ckpt = self.save(loader_state())
         self._report(last_ckpt, losses, time.time() - t0)

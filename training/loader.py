@@ -343,11 +343,12 @@ class PackedBatches(torch.utils.data.IterableDataset):
             yield packer.next_batch()
 
 
-def _ignore_sigterm(worker_id: int) -> None:
+def _ignore_stop_signals(worker_id: int) -> None:
     """Preemption sends SIGTERM to the whole process group; the training process must be the one
     to act on it (save a checkpoint, then exit), so its data workers keep serving until then.
     They still exit with their parent (the DataLoader's watchdog)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group too
 
 
 def _identity(x):
@@ -415,7 +416,7 @@ class StreamingLoader:
     def _iterator(self):
         ds = PackedBatches(self.cfg, self.vocab, self.specs, self.delivered, list(self.worker_states))
         kw = dict(prefetch_factor=self._prefetch, persistent_workers=False,
-                  worker_init_fn=_ignore_sigterm) if self.num_workers > 0 else {}
+                  worker_init_fn=_ignore_stop_signals) if self.num_workers > 0 else {}
         dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, **kw)
         return iter(dl)
 

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from infra.tracking import Tracker
+from infra.tracking import DatasetRef, Tracker
 
 
 class Reporter:
@@ -53,20 +53,28 @@ class Reporter:
         else:
             print(f"[{self.stage}] {message}", flush=True)
 
-    def metrics(self, step: int, values: dict[str, float]) -> None:
+    def metrics(self, step: int, values: dict[str, float], model_id: str | None = None) -> None:
+        """Log values at `step` (of this phase); with `model_id` they show on that model's page."""
         if not self.active:
             return
         step += self.step_offset
         for k, v in values.items():
             self.history.setdefault(k, []).append((step, float(v)))
         if self.tracker and self.run_id:
-            self._pending.append(self.tracker.log_metrics(self.run_id, values, step))
+            self._pending.append(self.tracker.log_metrics(self.run_id, values, step, model_id=model_id))
 
-    def checkpoint(self, uri: str, digest: str, step: int, params: dict | None = None) -> str | None:
-        """Register a committed checkpoint as an MLflow LoggedModel; returns its model id."""
+    def latest(self) -> dict[str, float]:
+        """The last logged value of every metric."""
+        return {k: points[-1][1] for k, points in self.history.items()}
+
+    def checkpoint(self, uri: str, digest: str, step: int, params: dict | None = None,
+                   dataset: DatasetRef | None = None) -> str | None:
+        """Register a committed checkpoint as an MLflow LoggedModel, with the latest metrics
+        measured on `dataset`; returns its model id."""
         if not (self.active and self.tracker and self.run_id):
             return None
-        return self.tracker.register_checkpoint(self.run_id, self.stage, uri, digest, step, params)
+        return self.tracker.register_checkpoint(self.run_id, self.stage, uri, digest, step + self.step_offset, params,
+                                                self.latest(), dataset)
 
     def loss_plot_markdown(self, keys: tuple[str, ...] = ("loss",)) -> str | None:
         """A PNG of the metric curves, logged to MLflow and returned as markdown for Dagster."""
@@ -104,7 +112,7 @@ class Reporter:
         if self.pipes is not None and ok:
             self.pipes.report_asset_materialization(metadata=_pipes_metadata(metadata), data_version=data_version)
         if self.owns_run:  # a run Dagster opened is ended by its asset (MlflowTracking.stage_run)
-            self.tracker.finish(self.run_id, ok)
+            self.tracker.finish(self.run_id, "FINISHED" if ok else "KILLED")
         self._exit.close()
 
 

@@ -20,7 +20,7 @@ from curation.sources import SourceSpec
 from curation.text import TextCurationConfig, curate_text
 from curation.video import VideoCurationConfig, curate_video
 from defs.common import check_specs, overrides_config, resolve_or_fail, set_fields
-from defs.resources import ArtifactStore, MlflowTracking, RunProfile
+from defs.resources import ArtifactStore, MlflowTracking, RunProfile, StageRun
 from infra.refs import CuratedSetRef
 
 CODE_VERSION = "curation-v3"
@@ -63,14 +63,12 @@ def curation_config(kind: str, config: CurationRunConfig, profile: RunProfile):
     return resolve_or_fail(recipes.resolve_curation, profile.name, kind, overrides)
 
 
-def curated_result(context, mlflow: MlflowTracking, asset: str, curated: CuratedSet,
-                   config: CurationRunConfig) -> dg.MaterializeResult:
+def curated_result(run: StageRun, asset: str, curated: CuratedSet, config: CurationRunConfig) -> dg.MaterializeResult:
     rejected = sum(curated.rejected.values())
     fraction = rejected / max(1, rejected + curated.num_samples)
-    with mlflow.stage_run(context, asset) as (tracker, run_id):
-        tracker.log_metrics(run_id, {"num_samples": curated.num_samples, "rejected": rejected,
-                                     "rejected_fraction": fraction}, step=0, synchronous=True)
-        tracker.client.set_tag(run_id, "k25.data_digest", curated.digest)
+    run.tracker.log_metrics(run.run_id, {"num_samples": curated.num_samples, "rejected": rejected,
+                                         "rejected_fraction": fraction}, step=0, synchronous=True)
+    run.tracker.client.set_tag(run.run_id, "k25.data_digest", curated.digest)
     ref = CuratedSetRef(uri=curated.uri, digest=curated.digest, modality=curated.modality)
     metadata = {
         **ref.to_metadata(), "manifest_uri": curated.manifest_uri,
@@ -80,15 +78,16 @@ def curated_result(context, mlflow: MlflowTracking, asset: str, curated: Curated
         "quarantine_uri": curated.quarantine_uri,
         "stats": dg.MetadataValue.json(curated.stats),
         "preview": dg.MetadataValue.md(preview_markdown(curated.uri, curated.modality)),
-        "mlflow_run": tracker.run_url(run_id),
+        "rejected_fraction": fraction,
+        **run.links(),
     }
-    checks = [
+    checks = run.record_checks([
         dg.AssetCheckResult(check_name="has_samples", asset_key=asset, passed=curated.num_samples > 0,
                             metadata={"num_samples": curated.num_samples}),
         dg.AssetCheckResult(check_name="rejected_fraction_below_threshold", asset_key=asset,
                             passed=fraction <= config.max_rejected_fraction,
                             metadata={"rejected_fraction": fraction, "threshold": config.max_rejected_fraction}),
-    ]
+    ])
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(curated.digest), check_results=checks)
 
 
@@ -100,9 +99,10 @@ def curated_asset(name: str, kind: str, curate, config_class: type, description:
               description=description, check_specs=check_specs(name, CURATION_CHECKS))
     def _asset(context: dg.AssetExecutionContext, config: config_class, profile: RunProfile,  # type: ignore[valid-type]
                artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:
-        cfg = curation_config(kind, config, profile)
-        curated = curate(artifacts.uri("curated", kind, context.run_id), cfg)
-        return curated_result(context, mlflow, name, curated, config)
+        with mlflow.stage_run(context, name) as run:
+            cfg = curation_config(kind, config, profile)
+            curated = curate(artifacts.uri("curated", kind, context.run_id), cfg)
+            return curated_result(run, name, curated, config)
 
     return _asset
 

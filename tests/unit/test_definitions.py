@@ -19,7 +19,8 @@ EXPECTED_DEPS = {
     "sft": {"mixture", "midtrain"},
     "rl": {"mixture", "sft"},
     "parl": {"mixture", "rl"},
-    "evaluation": {"mixture", "parl"},
+    # one evaluation per evaluated stage, whose real input is that stage
+    **{f"evaluation/{stage}": {"mixture", stage} for stage in ("joint_pretrain", "midtrain", "sft", "rl", "parl")},
 }
 TRAINING = STAGE_NAMES
 
@@ -66,15 +67,19 @@ def test_training_stages_share_gpu_pool_and_have_checkpoint_checks(tmp_path):
         assert names == {"checkpoint_manifest_present", "loss_is_finite"}, name
 
 
-def test_evaluation_schedule_and_sensor_are_defined_and_start_stopped(tmp_path):
-    defs, _ = _graph(tmp_path)
+def test_evaluation_schedule_and_sensor_start_stopped_and_evaluations_share_the_gpu_pool(tmp_path):
+    defs, graph = _graph(tmp_path)
     schedule = defs.resolve_schedule_def("nightly_evaluation")
     sensor = defs.resolve_sensor_def("new_checkpoint_evaluation")
-    assert schedule.job_name == sensor.job_name == "evaluation_job"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
-    assert [k.to_user_string() for k in defs.resolve_job_def("evaluation_job").asset_layer.selected_asset_keys] == [
-        "evaluation"]
+    evaluations = sorted(k.to_user_string() for k in defs.resolve_job_def("evaluation_job").asset_layer.selected_asset_keys)
+    assert evaluations == sorted(k for k in EXPECTED_DEPS if k.startswith("evaluation/"))
+    for key in evaluations:
+        assert defs.resolve_assets_def(dg.AssetKey.from_user_string(key)).op.pool == "gpu", key
+    # MLflow follows failed and canceled Dagster runs (in the daemon), on by default
+    for name in ("mlflow_failed_runs", "mlflow_canceled_runs"):
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 
 
 def test_evaluation_config_rejects_bad_values():
@@ -108,8 +113,12 @@ def _snapshot_of(defs: dg.Definitions) -> dict:
             "config_fields": sorted(config.fields) if config is not None and hasattr(config, "fields") else [],
         }
     jobs = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
-    schedules = {s.name: (s.cron_schedule, s.job_name, str(s.default_status)) for s in defs.schedules or []}
-    sensors = {s.name: (s.job_name, s.minimum_interval_seconds, str(s.default_status)) for s in defs.sensors or []}
+    def target(s) -> list[str]:  # the asset keys a schedule or sensor launches (none: a run-status sensor)
+        targets = getattr(s, "targets", None) or ([s.target] if getattr(s, "target", None) else [])
+        return [t.job_name for t in targets]
+
+    schedules = {s.name: (s.cron_schedule, target(s), str(s.default_status)) for s in defs.schedules or []}
+    sensors = {s.name: (target(s), s.minimum_interval_seconds, str(s.default_status)) for s in defs.sensors or []}
     return {"assets": assets, "jobs": jobs, "schedules": schedules, "sensors": sensors,
             "resources": sorted(defs.resources or {})}
 

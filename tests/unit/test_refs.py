@@ -60,15 +60,27 @@ def test_load_model_needs_the_recorded_media_id(tmp_path):
         checkpoint.load_model(CheckpointRef(uri=uri, digest=digest, stage="sft", step=3))
 
 
-def test_a_closing_run_ends_finished_or_failed(tmp_path):
+def test_a_closing_run_ends_finished_killed_or_failed_and_so_does_its_parent(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path}/m.db", "k25-test", artifact_location=str(tmp_path / "art"))
+    client = MlflowClient(tracker.tracking_uri)
     parent = tracker.parent_run("dagster-run-1")
     with tracker.closing(tracker.child_run(parent, "ok")) as ok:
-        pass
-    with pytest.raises(KeyboardInterrupt):  # a terminated step, too
+        running = tracker.child_run(parent, "still running")
+    assert client.get_run(ok).info.status == "FINISHED"
+    assert client.get_run(parent).info.status == "RUNNING"  # a child is still running
+    tracker.finish(running)
+    assert client.get_run(parent).info.status == "FINISHED"
+    with pytest.raises(KeyboardInterrupt):  # a stop from the UI
         with tracker.closing(tracker.child_run(parent, "stopped")) as stopped:
             raise KeyboardInterrupt
-    client = MlflowClient(tracker.tracking_uri)
-    assert client.get_run(ok).info.status == "FINISHED"
-    assert client.get_run(stopped).info.status == "FAILED"
-    assert client.get_run(parent).info.status == "FAILED"  # a failed child marks the Dagster run's parent
+    assert client.get_run(stopped).info.status == "KILLED"
+    assert client.get_run(parent).info.status == "KILLED"
+    assert client.get_run(parent).info.end_time is not None
+    with pytest.raises(ValueError):
+        with tracker.closing(tracker.child_run(parent, "broken")) as broken:
+            raise ValueError("bad")
+    assert client.get_run(broken).info.status == "FAILED"
+    assert client.get_run(parent).info.status == "FAILED"
+    with tracker.closing(tracker.child_run(parent, "later ok")):
+        pass
+    assert client.get_run(parent).info.status == "FAILED"  # a failure of the Dagster run is final
