@@ -28,6 +28,7 @@ from PIL import Image
 from curation import sources
 from curation.quarantine import Quarantine, Reject
 from curation.shards import CuratedSet, image_sample, save_curated_set, write_shards
+from infra.progress import Log, track
 from model.vision import navit_resize_size, vision_token_count
 
 # MoonViT cuts 14x14 patches and merges 2x2 of them into one token, so a side must be a
@@ -150,11 +151,12 @@ def source_images(cfg: ImageCurationConfig) -> Iterator[sources.ImageRecord | Re
 
 
 def curate_image_text(out_uri: str, cfg: ImageCurationConfig,
-                      records: Iterable[sources.ImageRecord | Reject] | None = None) -> CuratedSet:
+                      records: Iterable[sources.ImageRecord | Reject] | None = None, log: Log | None = None) -> CuratedSet:
     """Curate image-caption pairs into WebDataset shards. `records` overrides the sources.
     Every rejected sample is counted by reason and listed in `out_uri/quarantine.jsonl`."""
     cfg.validate()
     records = source_images(cfg) if records is None else records
+    records = track(records, "image-text curation", log=log, unit="image")  # the sources stream: a count and rate, no total
     quarantine = Quarantine()
     stats, per_source, tokens = Counter(), Counter(), Counter()
 

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from curation.shards import CuratedSet, iter_samples, read_manifest
 from curation.tokenizer import load_tokenizer
 from infra import storage
+from infra.progress import Log, track
 from infra.refs import TokenizerRef
 
 VISION_MODALITIES = ("image_text", "video")
@@ -25,13 +26,14 @@ MIXTURE_FILE = "mixture.json"
 TOKEN_COUNTS_FILE = "token_counts.parquet"  # per sample: text and vision tokens under the mixture's tokenizer
 
 
-def token_counts(curated: CuratedSet, tokenizer) -> list[dict]:
+def token_counts(curated: CuratedSet, tokenizer, log: Log | None = None) -> list[dict]:
     """Per sample: text tokens (document or caption) and vision tokens (the manifest's count, from
     model.vision.vision_token_count when the shard was written)."""
     manifest = read_manifest(curated.uri).to_pylist()
     vision = {row["key"]: int(row["vision_tokens"]) for row in manifest}
     rows = []
-    for sample in iter_samples(curated.uri):
+    for sample in track(iter_samples(curated.uri), f"counting tokens of {curated.modality}", curated.num_samples, log,
+                        unit="sample"):
         text = sample["text"] if curated.modality == "text" else sample["caption"]
         rows.append({"key": sample["key"], "source": sample["source"], "modality": curated.modality,
                      "text_tokens": len(tokenizer.encode(text, add_special_tokens=False).ids),
@@ -65,7 +67,7 @@ def content_digest(mixture: dict) -> str:
     return canonical_digest(strip({k: v for k, v in mixture.items() if k != "digest"}))
 
 
-def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerRef, out_uri: str) -> dict:
+def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerRef, out_uri: str, log: Log | None = None) -> dict:
     """Write `out_uri/mixture.json` and return it. Each source's `token_share` is its share of
     its modality group's tokens (text, or vision); the vision:text ratio itself belongs to each
     training stage (`data.vision_ratio` of its spec), so one mixture serves every stage."""
@@ -75,7 +77,7 @@ def build_mixture(sets: dict[str, CuratedSet], tokenizer: TokenizerRef, out_uri:
         raise ValueError("the mixture needs at least one non-empty text source")
 
     tok = load_tokenizer(tokenizer.uri)
-    per_sample = {name: token_counts(s, tok) for name, s in sorted(sets.items())}
+    per_sample = {name: token_counts(s, tok, log) for name, s in sorted(sets.items())}
     tokens = {name: count_tokens(s, tok, per_sample[name]) for name, s in sorted(sets.items())}
     counts_uri = storage.join(out_uri, TOKEN_COUNTS_FILE)
     table = pa.Table.from_pylist([{"set": n, **r} for n, rows in per_sample.items() for r in rows])

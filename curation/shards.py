@@ -13,11 +13,9 @@ from listing the folder, so stale shards from an older run cannot leak in.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 import tempfile
@@ -276,18 +274,11 @@ def iter_samples(set_uri: str) -> Iterator[dict]:
 WDS_MEMBER = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 
 
-@functools.lru_cache(maxsize=4)
-def _s3_client(pid: int):
-    import boto3
-
-    return boto3.client("s3")  # one per process: never share a client across a fork
-
-
 def open_stream(uri: str):
     """A sequential binary stream of the object: a local file, or an S3 GetObject body."""
     if storage.is_s3(uri):
         bucket, key = storage._split_s3(uri)
-        return _s3_client(os.getpid()).get_object(Bucket=bucket, Key=key)["Body"]
+        return storage.s3_client().get_object(Bucket=bucket, Key=key)["Body"]
     return open(storage.local_path(uri), "rb")
 
 

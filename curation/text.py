@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 from curation import sources
 from curation.quarantine import Quarantine, Reject
 from curation.shards import CuratedSet, save_curated_set, text_sample, write_shards
+from infra.progress import Log, track
 
 # A compact English stop-word list (function words), enough for a ratio signal.
 STOP_WORDS = frozenset("""
@@ -226,12 +227,13 @@ def curate_docs(docs: Iterable[sources.TextDoc | Reject], cfg: TextCurationConfi
             yield doc.source, doc_id, piece, piece_stats
 
 
-def curate_text(out_uri: str, cfg: TextCurationConfig, docs: Iterable[sources.TextDoc | Reject] | None = None) -> CuratedSet:
+def curate_text(out_uri: str, cfg: TextCurationConfig, docs: Iterable[sources.TextDoc | Reject] | None = None, log: Log | None = None) -> CuratedSet:
     """Curate text into WebDataset shards at out_uri. `docs` overrides the configured sources.
     Every rejected document or piece is counted by reason and listed in `out_uri/quarantine.jsonl`."""
     cfg.validate()
     quarantine, stats = Quarantine(), Counter()
     docs = source_docs(cfg) if docs is None else docs
+    docs = track(docs, "text curation", log=log, unit="doc")  # the sources stream: a count and rate, no total
     counters: Counter = Counter()
     sums: Counter = Counter()
 

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from curation.shards import CuratedSet, iter_samples
 from infra import storage
+from infra.progress import Log, track
 from infra.refs import TokenizerRef
 
 PAD = "[PAD]"
@@ -36,7 +37,7 @@ def tokenizer_digest(uri: str) -> str:
     return storage.sha256_bytes(storage.read_bytes(uri))
 
 
-def train_tokenizer(text_set_uri: str, out_uri: str, vocab_size: int = 4096) -> TokenizerRef:
+def train_tokenizer(text_set_uri: str, out_uri: str, vocab_size: int = 4096, log: Log | None = None) -> TokenizerRef:
     """Train on every text sample of a curated text set, in shard order (deterministic)."""
     curated = CuratedSet.load(text_set_uri)
     if curated.modality != "text":
@@ -55,7 +56,8 @@ def train_tokenizer(text_set_uri: str, out_uri: str, vocab_size: int = 4096) -> 
         min_frequency=2,
         show_progress=False,
     )
-    texts = (sample["text"] for sample in iter_samples(text_set_uri))
+    texts = (sample["text"] for sample in track(iter_samples(text_set_uri), "tokenizer training: reading text",
+                                                  curated.num_samples, log, unit="doc"))
     tokenizer.train_from_iterator(texts, trainer=trainer, length=curated.num_samples)
 
     with tempfile.TemporaryDirectory(prefix="tokenizer-") as tmp:

@@ -30,11 +30,12 @@ from curation import sources
 from curation.image_text import PATCH, RELEASE_SIDE_LIMIT, pad_to
 from curation.quarantine import Quarantine, Reject
 from curation.shards import CuratedSet, save_curated_set, video_sample, write_shards
+from infra.progress import Log, track
 from model.vision import navit_resize_size
 
 FRAMES_PER_CHUNK = 4
 RELEASE_FRAME_PATCH_LIMIT = 4096  # RECIPE.md §2.3 in_patch_limit_each_frame
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -123,7 +124,7 @@ def source_clips(cfg: VideoCurationConfig) -> Iterator[sources.VideoClip | Rejec
 
 
 def curate_video(out_uri: str, cfg: VideoCurationConfig,
-                 clips: Iterable[sources.VideoClip | Reject] | None = None) -> CuratedSet:
+                 clips: Iterable[sources.VideoClip | Reject] | None = None, log: Log | None = None) -> CuratedSet:
     """Curate video clips into WebDataset shards of 4-frame chunks. `clips` overrides the sources.
 
     Bad clips are skipped, counted by reason and listed in `out_uri/quarantine.jsonl`:
@@ -132,6 +133,7 @@ def curate_video(out_uri: str, cfg: VideoCurationConfig,
     a whole clip back to drop it atomically would defeat streaming."""
     cfg.validate()
     clips = source_clips(cfg) if clips is None else clips
+    clips = track(clips, "video curation", log=log, unit="clip")  # the sources stream: a count and rate, no total
     quarantine = Quarantine()
     stats, per_clip = Counter(), {}
 
@@ -165,7 +167,7 @@ def curate_video(out_uri: str, cfg: VideoCurationConfig,
                 quarantine.add(clip.source, clip.name, "decode_error", f"{type(e).__name__}: {e}")
                 if n:
                     stats["partial_chunks_kept"] += n
-                log.warning("rejected video %s: %s: %s", clip.path, type(e).__name__, e)
+                logger.warning("rejected video %s: %s: %s", clip.path, type(e).__name__, e)
                 continue
             if n == 0:
                 quarantine.add(clip.source, clip.name, "no_frames", str(clip.path))

@@ -32,6 +32,7 @@ def program_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # usage telemetry calls an outside address
     try:
         import torch
 

@@ -1,9 +1,14 @@
 """Walk the MLflow lineage from an evaluation (or any run or model) back to the data digests.
 
     python -m infra.lineage                      # from the latest evaluation run
-    python -m infra.lineage parl                 # from the latest run of a stage / asset
+    python -m infra.lineage parl                 # from the latest run of any asset (stage or data)
+    python -m infra.lineage evaluation/sft       # from the latest evaluation of a stage
     python -m infra.lineage m-0123abcd...        # from a LoggedModel (checkpoint)
     python -m infra.lineage --tracking-uri postgresql://... <run id>
+
+It prints the chain once, newest first (each stage: its run, status, key config and metrics, the
+checkpoint it wrote), then one table of every data set reached, each digest once with the stages
+that read it.
 
 Each training run records its input datasets (with digests) and the LoggedModel of the
 checkpoint it started from; each LoggedModel records its source run. Following model inputs
@@ -32,14 +37,32 @@ class LineageNode:
     parents: list["LineageNode"] = field(default_factory=list)
 
 
-def latest_stage_run(client: MlflowClient, experiment: str, stage: str) -> str:
+KEY_CONFIG = ("profile", "train.steps", "optimizer.name", "optimizer.lr", "data.seq_len", "data.batch_size",
+              "data.vision_ratio", "nproc_per_node", "evaluation.suites", "evaluation.limit", "vocab_size")
+KEY_METRICS = ("loss", "loss_text", "loss_vision", "vision_token_ratio", "tokens_per_s", "reward", "num_samples",
+               "rejected_fraction")
+
+
+def key_config(params: dict[str, str]) -> dict[str, str]:
+    return {k: params[k] for k in KEY_CONFIG if k in params}
+
+
+def key_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in sorted(metrics.items()) if k in KEY_METRICS or k.endswith(("_accuracy", "_pass_at_1"))}
+
+
+def latest_stage_run(client: MlflowClient, experiment: str, name: str) -> str:
+    """The latest run of an asset: a stage or data asset by name, `evaluation/<stage>` for the
+    evaluation of one stage, `evaluation` for the latest of any."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no MLflow experiment named {experiment!r}")
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{STAGE_TAG}` = '{stage}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    stage, _, evaluated = name.partition("/")
+    where = f"tags.`{STAGE_TAG}` = '{stage}'" + (f" AND tags.`evaluated_stage` = '{evaluated}'" if evaluated else "")
+    runs = client.search_runs([exp.experiment_id], filter_string=where, order_by=["attributes.start_time DESC"],
+                              max_results=1)
     if not runs:
-        raise LookupError(f"no MLflow run for stage {stage!r} in experiment {experiment!r}")
+        raise LookupError(f"no MLflow run for asset {name!r} in experiment {experiment!r}")
     return runs[0].info.run_id
 
 
@@ -47,7 +70,10 @@ def walk_run(client: MlflowClient, run_id: str, seen: set[str] | None = None) ->
     seen = set() if seen is None else seen
     run = client.get_run(run_id)
     node = LineageNode("run", run_id, run.data.tags.get(STAGE_TAG, "?"),
-                       {"dagster.run_id": run.data.tags.get("dagster.run_id", ""), "status": run.info.status})
+                       {"dagster.run_id": run.data.tags.get("dagster.run_id", ""), "status": run.info.status,
+                        "asset": run.data.tags.get("dagster.asset_key", ""),
+                        "config": key_config(run.data.params), "metrics": key_metrics(run.data.metrics),
+                        "tags": {k: v for k, v in run.data.tags.items() if k.startswith(("k25.", "evaluated_"))}})
     for ds in run.inputs.dataset_inputs or []:
         tags = {t.key: t.value for t in ds.tags}
         node.datasets.append({"name": ds.dataset.name, "digest": tags.get(FULL_DIGEST_TAG, ds.dataset.digest),
@@ -88,23 +114,50 @@ def data_digests(node: LineageNode) -> dict[str, str]:
     return out
 
 
-def format_chain(node: LineageNode, depth: int = 0) -> list[str]:
-    pad = "  " * depth
-    if node.kind == "model":
-        lines = [f"{pad}model {node.id} [{node.stage}] step {node.details['step']} "
-                 f"checkpoint {node.details['checkpoint_uri']} digest {node.details['digest'][:16]}"]
-    else:
-        lines = [f"{pad}run {node.id} [{node.stage}] dagster run {node.details['dagster.run_id'] or '-'}"]
-    for d in node.datasets:
-        lines.append(f"{pad}  data {d['name']} digest {d['digest'][:16]} ({d['context']}) {d['source']}")
-    for parent in node.parents:
-        lines += format_chain(parent, depth + 1)
+def chain(node: LineageNode) -> list[LineageNode]:
+    """The nodes from `node` backwards, each once, in walking order (newest first)."""
+    out, todo = [], [node]
+    while todo:
+        current = todo.pop(0)
+        out.append(current)
+        todo = current.parents + todo
+    return out
+
+
+def _fmt(values: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()) or "-"
+
+
+def format_chain(node: LineageNode) -> list[str]:
+    lines, datasets = [], {}
+    for n in chain(node):
+        d = n.details
+        if n.kind == "model":
+            lines.append(f"  checkpoint of {n.stage}: model {n.id}, step {d['step']}, digest {d['digest'][:16]}, "
+                         f"{d['checkpoint_uri']}")
+            continue
+        lines.append(f"{n.stage}: run {n.id} ({d['status']}), dagster run {d['dagster.run_id'] or '-'}")
+        lines.append(f"  config: {_fmt(d.get('config', {}))}")
+        lines.append(f"  metrics: {_fmt(d.get('metrics', {}))}")
+        for key, value in sorted(d.get("tags", {}).items()):
+            if key != STAGE_TAG:
+                lines.append(f"  {key}: {value}")
+        for ds in n.datasets:
+            entry = datasets.setdefault((ds["name"], ds["digest"]), {"source": ds["source"], "read_by": []})
+            if n.stage not in entry["read_by"]:
+                entry["read_by"].append(n.stage)
+    if datasets:
+        lines.append("")
+        lines.append(f"data sets ({len(datasets)}, each once):")
+        width = max(len(name) for name, _ in datasets)
+        for (name, digest), entry in sorted(datasets.items()):
+            lines.append(f"  {name:<{width}}  {digest[:16]}  read by {', '.join(entry['read_by'])}  {entry['source']}")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("target", nargs="?", default="evaluation", help="run id, LoggedModel id (m-...) or stage name")
+    p.add_argument("target", nargs="?", default="evaluation", help="run id, LoggedModel id (m-...), or an asset name (stage, data asset, evaluation/<stage>)")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or the embedded sqlite store")
     p.add_argument("--experiment", default="k25")
     a = p.parse_args(argv)

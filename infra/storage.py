@@ -41,12 +41,24 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-@functools.lru_cache(maxsize=1)
 def s3_client():
-    """One boto3 client per process (boto3 clients are thread-safe; creating them is slow)."""
+    """The boto3 S3 client of this process and S3 settings: one per (process, endpoint, key id),
+    so a forked worker never shares its parent's connections and a changed environment (another
+    endpoint or key) never reuses a client made for the old one."""
+    env = os.environ
+    return _client(os.getpid(), env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+                   env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY"))
+
+
+@functools.lru_cache(maxsize=8)
+def _client(pid: int, endpoint: str | None, key_id: str | None, secret: str | None):
     import boto3
 
-    return boto3.client("s3")
+    # A session of its own: boto3's default session keeps settings read when it was first used.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint)
+
+
+s3_client.cache_clear = _client.cache_clear  # tests reset it around their S3 servers
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -168,11 +168,10 @@ class Tracker:
         self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
 
     def register_checkpoint(self, run_id: str, stage: str, checkpoint_uri: str, digest: str, step: int,
-                            params: dict[str, str] | None = None, metrics: dict[str, float] | None = None,
-                            dataset: DatasetRef | None = None) -> str:
+                            params: dict[str, str] | None = None) -> str:
         """A LoggedModel for a committed checkpoint; weights stay where they are (external). Its
         page shows what an audit asks: the spec as params, the checkpoint URI and digest (tags and
-        description), and the metrics at this step with the data set they were measured on."""
+        description); the trainer then logs the step's metrics against it (log_metrics, model_id)."""
         model = self.client.create_logged_model(
             self.experiment_id, name=stage, source_run_id=run_id,
             tags={"checkpoint_uri": checkpoint_uri, "digest": digest, STAGE_TAG: stage, "step": str(step),
@@ -180,8 +179,6 @@ class Tracker:
             params={k: str(v) for k, v in (params or {}).items()}, model_type="k25-checkpoint")
         self.client.finalize_logged_model(model.model_id, "READY")
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
-        if metrics:
-            self.log_metrics(run_id, metrics, step, synchronous=True, model_id=model.model_id, dataset=dataset)
         return model.model_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, synchronous: bool = False,

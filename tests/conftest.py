@@ -19,6 +19,11 @@ if _REPO not in sys.path:  # the project packages, also when pytest is not start
 
 import helpers
 
+# MLflow's usage telemetry calls an outside address; tests (and the programs they start) talk to
+# loopback only.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "true"
+
 LOOPBACK = "127.0.0.1"
 
 

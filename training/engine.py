@@ -15,6 +15,7 @@ evaluation loads them without knowing how they were trained; optimizer state tha
 
 from __future__ import annotations
 
+import datetime
 import random
 import signal
 import sys
@@ -24,20 +25,19 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from infra.spec import spec_params
+from infra.tracking import DatasetRef
 from model.multimodal import K25Model
 from training import checkpoint
 from training.data import Vocab, load_vocab
 from training.expert_parallel import ExpertParallelMoE, apply_expert_parallel, gather_moe_state_dict, sync_gradients
 from training.expert_parallel import grad_norm as ep_grad_norm
 from training.muonclip import MuonClip, enable_max_logit_recording, muon_param_groups, qk_clip, read_max_logits
-from infra.spec import spec_params
-from infra.tracking import DatasetRef
 from training.program import RunContext
 from training.reporting import Reporter, Throughput, fail
-from training.runtime import compute_init
+from training.runtime import compute_init, rank_env
 from training.spec import StageSpec, wsd_lr
 from training.zero import ShardedOptimizer, check_resumable, load_partition, wrap_zero1
-
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect of a preempted job
@@ -54,14 +54,18 @@ class Engine:
         inputs = spec.inputs
         # Everything cheap is checked before the process group and the model exist; the spec was
         # validated when it was resolved, the inputs are read once here.
+        # The reporter opens first (rank 0: Pipes and MLflow), so start-up itself shows progress.
+        self.reporter = reporter or Reporter(rank_env()[0], spec.stage, run.tracking_uri, run.mlflow_run_id)
+        self.reporter.log("verifying the inputs (mixture, upstream checkpoint)")
         self.init_manifest = verify_or_fail(inputs.init_from) if inputs.init_from else None
         self.mixture = mixture or verify_or_fail(inputs.mixture)
         self.rank, self.world, self.device = compute_init()
         ep = spec.parallel.expert_parallel
         if self.world % ep:
             fail(f"parallel.expert_parallel={ep} does not divide the world size {self.world}")
-        self.reporter = reporter or Reporter(self.rank, spec.stage, run.tracking_uri, run.mlflow_run_id)
+        self.reporter.log(f"process group up: {self.world} rank(s) on {self.device}; building the model")
         self.vocab: Vocab = load_vocab(self.mixture)
+        self.dataset = DatasetRef("mixture", self.mixture["digest"], inputs.mixture.uri)
         self.model = self._build_model()
         resume_state = self._load_resume_state()  # full weights go in before experts are sharded
         self.ep_group, self.expert_dp_group = self._setup_expert_parallel()
@@ -202,8 +206,7 @@ class Engine:
         per_rank = {"rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "loader": loader_state}
         (per_rank if self.optimizer_per_rank else shared)["optim"] = self.optimizer.state_dict()
         uri, digest = checkpoint.save(spec.inputs.run_dir, self.step, shared, per_rank, meta)
-        model_id = self.reporter.checkpoint(uri, digest, self.step, spec_params(spec),
-                                            DatasetRef("mixture", self.mixture["digest"], spec.inputs.mixture.uri))
+        model_id = self.reporter.checkpoint(uri, digest, self.step, spec_params(spec))
         self.reporter.log(f"checkpoint step {self.step} committed: {uri}")
         return checkpoint.CheckpointRef(uri=uri, digest=digest, stage=spec.stage, step=self.step, model_id=model_id,
                                         profile=spec.profile)
@@ -288,7 +291,7 @@ class Engine:
         losses: list[float] = []
         meter = Throughput()
         last_ckpt = None
-        t0 = time.time()
+        t0, start_step = time.time(), self.step
         self.reporter.log(f"training {self.spec.stage} for {cfg.train.steps} steps on {self.world} rank(s), from step {self.step}")
         while self.step < cfg.train.steps:
             lr = wsd_lr(cfg, self.step)
@@ -311,14 +314,17 @@ class Engine:
             losses.append(loss_value)
             meter.add(n_tokens * self.world)
             self.step += 1
-            if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
-                metrics.update(loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_s=meter.rate())
-                self.reporter.metrics(self.step, metrics)
-                extra = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("loss", "lr"))
-                self.reporter.log(f"step {self.step}/{cfg.train.steps} loss {loss_value:.4f} {extra}")
             stop = self._agree_stop()
+            committed = None
             if self.step % cfg.checkpoint.every == 0 or self.step == cfg.train.steps or stop:
-                last_ckpt = self.save(loader_state())
+                last_ckpt = committed = self.save(loader_state())
+            if committed is not None or self.step % cfg.train.log_every == 0:
+                # Checkpoint steps always log: those values are the checkpoint's, shown on its
+                # LoggedModel page with the data set they were measured on.
+                metrics.update(loss=loss_value, lr=lr, grad_norm=grad_norm, tokens_per_s=meter.rate())
+                self.reporter.metrics(self.step, metrics, model_id=committed.model_id if committed else None,
+                                      dataset=self.dataset if committed else None)
+                self.reporter.log(self._progress_line(metrics, start_step, t0))
             if stop:
                 self.reporter.log(f"stopped by {self._stop or 'another rank'}: committed step {self.step} "
                                   f"({last_ckpt.uri}); --resume continues from it")
@@ -327,6 +333,17 @@ class Engine:
         if last_ckpt is None:  # resumed at the final step: re-commit so the run reports a checkpoint
             last_ckpt = self.save(loader_state())
         self._report(last_ckpt, losses, time.time() - t0)
+
+    def _progress_line(self, metrics: dict[str, float], start_step: int, t0: float) -> str:
+        """`step 9/20 (phase 2/3 ctx1k: 3/4) loss 2.31 ... | 1.2 s/step, ETA 0:00:13`: the step of
+        the whole stage (phases continue one count), and the time left at this run's pace."""
+        r, cfg = self.reporter, self.spec
+        done, total = r.step_offset + self.step, r.plan_steps or cfg.train.steps
+        phase = f" ({r.phase_label}: {self.step}/{cfg.train.steps})" if r.phase_label else ""
+        per_step = (time.time() - t0) / max(1, self.step - start_step)
+        eta = datetime.timedelta(seconds=round(per_step * (total - done)))
+        extra = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("loss", "lr"))
+        return f"step {done}/{total}{phase} loss {metrics['loss']:.4f} {extra} | {per_step:.2f} s/step, ETA {eta}"
 
     def _agree_stop(self) -> bool:
         flag = torch.tensor([1.0 if self._stop else 0.0])
@@ -348,7 +365,7 @@ class Engine:
         for key, points in self.reporter.history.items():  # headline values of stage metrics
             if key not in ("loss", "lr"):
                 metadata[f"last_{key}"] = round(points[-1][1], 5)
-        plot = self.reporter.loss_plot_markdown(("loss",))
+        plot = self.reporter.curves_markdown()
         if plot:
             metadata["loss_curve"] = plot
         self.reporter.finish(metadata, ckpt.digest)

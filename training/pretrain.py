@@ -182,7 +182,8 @@ def run_phases(spec: StageSpec, run: RunContext) -> None:
                      f"{pspec.train.yarn_factor}, batch_size {pspec.data.batch_size}, trainable "
                      f"{','.join(pspec.train.trainable)}, from {init.uri if init else None}, "
                      f"metric steps {offset + 1}..{offset + phase.steps}")
-        reporter.step_offset = offset
+        reporter.step_offset, reporter.phase_label = offset, f"phase {k + 1}/{len(phases)} {phase.name}"
+        reporter.plan_steps = sum(p.steps for p in phases)
         engine = Engine(pspec, prun, reporter=reporter, last=last, mixture=mixture)
         # A SIGTERM caught between phases (by the previous engine's handler) stops this one at its
         # first step, after a checkpoint: the usual save-and-exit.

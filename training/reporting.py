@@ -31,6 +31,8 @@ class Reporter:
         # Added to every metric step: the phases of a stage (training/pretrain.py) share one
         # reporter and log one continuous curve (phase offset + step within the phase).
         self.step_offset = 0
+        self.plan_steps: int | None = None  # steps of the whole stage, all phases (None: this engine's)
+        self.phase_label = ""  # "phase 2/3 ctx1k" while a phase of several trains
         self.owns_run = False
         if not self.active:
             return
@@ -44,6 +46,25 @@ class Reporter:
                 self.owns_run = True
                 self.run_id = self.tracker.client.create_run(self.tracker.experiment_id, run_name=stage,
                                                              tags={"k25.stage": stage}).info.run_id
+            self._start_system_metrics(tracking_uri)
+
+    def _start_system_metrics(self, tracking_uri: str) -> None:
+        """CPU, memory, disk, network (and GPU where there is one) as `system/*` metrics of the run,
+        sampled by MLflow's monitor every 5 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides) on
+        rank 0's node, and once more when finish() stops it."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=5, samples_before_logging=1,
+                                       resume_logging=True, tracking_uri=tracking_uri)
+        monitor.start()
+
+        def stop() -> None:  # the monitor drops a sample cut short by its stop: take a last one
+            monitor.finish()
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+
+        self._exit.callback(stop)
 
     def log(self, message: str) -> None:
         if not self.active:
@@ -53,45 +74,46 @@ class Reporter:
         else:
             print(f"[{self.stage}] {message}", flush=True)
 
-    def metrics(self, step: int, values: dict[str, float], model_id: str | None = None) -> None:
-        """Log values at `step` (of this phase); with `model_id` they show on that model's page."""
+    def metrics(self, step: int, values: dict[str, float], model_id: str | None = None,
+                dataset: DatasetRef | None = None) -> None:
+        """Log values at `step` (of this phase); with `model_id` (and the `dataset` they were
+        measured on) they also show on that LoggedModel's page."""
         if not self.active:
             return
         step += self.step_offset
         for k, v in values.items():
             self.history.setdefault(k, []).append((step, float(v)))
         if self.tracker and self.run_id:
-            self._pending.append(self.tracker.log_metrics(self.run_id, values, step, model_id=model_id))
+            self._pending.append(self.tracker.log_metrics(self.run_id, values, step, model_id=model_id, dataset=dataset))
 
-    def latest(self) -> dict[str, float]:
-        """The last logged value of every metric."""
-        return {k: points[-1][1] for k, points in self.history.items()}
-
-    def checkpoint(self, uri: str, digest: str, step: int, params: dict | None = None,
-                   dataset: DatasetRef | None = None) -> str | None:
-        """Register a committed checkpoint as an MLflow LoggedModel, with the latest metrics
-        measured on `dataset`; returns its model id."""
+    def checkpoint(self, uri: str, digest: str, step: int, params: dict | None = None) -> str | None:
+        """Register a committed checkpoint as an MLflow LoggedModel; returns its model id."""
         if not (self.active and self.tracker and self.run_id):
             return None
-        return self.tracker.register_checkpoint(self.run_id, self.stage, uri, digest, step + self.step_offset, params,
-                                                self.latest(), dataset)
+        return self.tracker.register_checkpoint(self.run_id, self.stage, uri, digest, step + self.step_offset, params)
 
-    def loss_plot_markdown(self, keys: tuple[str, ...] = ("loss",)) -> str | None:
-        """A PNG of the metric curves, logged to MLflow and returned as markdown for Dagster."""
-        series = {k: self.history[k] for k in keys if k in self.history}
-        if not self.active or not series:
+    def curves_markdown(self) -> str | None:
+        """A PNG of the stage's curves, logged to MLflow and returned as markdown for Dagster: the
+        total and per-modality losses (and any other `loss_*`) on the left, the realised vision
+        token share and the stage's reward (RL, PARL) on the right when they were logged."""
+        losses = {k: v for k, v in self.history.items() if k == "loss" or k.startswith("loss_")}
+        others = {k: v for k, v in self.history.items()
+                  if k.startswith("vision_token_ratio") or k in ("reward", "reward_mean", "accuracy")}
+        if not self.active or not losses:
             return None
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5, 3), dpi=80)
-        for k, pts in series.items():
-            ax.plot([s for s, _ in pts], [v for _, v in pts], label=k)
-        ax.set_xlabel("step")
-        ax.set_title(self.stage)
-        ax.legend()
+        panels = [("loss", losses)] + ([("vision share / reward", others)] if others else [])
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3), dpi=80, squeeze=False)
+        for ax, (title, series) in zip(axes[0], panels):
+            for k, pts in sorted(series.items()):
+                ax.plot([s for s, _ in pts], [v for _, v in pts], label=k, marker="." if len(pts) < 30 else None)
+            ax.set_xlabel("step")
+            ax.set_title(f"{self.stage}: {title}")
+            ax.legend(fontsize=7)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

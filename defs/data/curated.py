@@ -101,7 +101,7 @@ def curated_asset(name: str, kind: str, curate, config_class: type, description:
                artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:
         with mlflow.stage_run(context, name) as run:
             cfg = curation_config(kind, config, profile)
-            curated = curate(artifacts.uri("curated", kind, context.run_id), cfg)
+            curated = curate(artifacts.uri("curated", kind, context.run_id), cfg, log=context.log.info)
             return curated_result(run, name, curated, config)
 
     return _asset

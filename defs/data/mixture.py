@@ -22,7 +22,7 @@ def mixture(context: dg.AssetExecutionContext, artifacts: ArtifactStore, mlflow:
         sets = {name: verified(upstream_ref(context, key, CuratedSetRef), key) for name, key in CURATED_ASSETS.items()}
         tok = upstream_ref(context, "tokenizer", TokenizerRef)
         try:
-            mix = build_mixture(sets, tok, artifacts.uri("mixture", context.run_id))
+            mix = build_mixture(sets, tok, artifacts.uri("mixture", context.run_id), log=context.log.info)
         except ValueError as e:
             raise dg.Failure(description=f"invalid mixture: {e}") from e
         ref = MixtureRef(uri=artifacts.uri("mixture", context.run_id, "mixture.json"), digest=mix["digest"])

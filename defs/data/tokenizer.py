@@ -23,7 +23,7 @@ def tokenizer(context: dg.AssetExecutionContext, config: TokenizerRunConfig, pro
         vocab = config.vocab_size or profile.load().tokenizer_vocab
         text = upstream_ref(context, "text_corpus", CuratedSetRef)
         verified(text, "text_corpus")
-        ref = train_tokenizer(text.uri, artifacts.uri("tokenizer", context.run_id), vocab)
+        ref = train_tokenizer(text.uri, artifacts.uri("tokenizer", context.run_id), vocab, log=context.log.info)
         tok = load_tokenizer(ref.uri)
         bad = [t for t in SPECIAL_TOKENS if len(tok.encode(t).ids) != 1]
         run.tracker.client.log_param(run.run_id, "vocab_size", ref.vocab_size)

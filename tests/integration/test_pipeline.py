@@ -38,7 +38,7 @@ def run(defs, instance, assets, ops_config, resources=None):
     job = defs.resolve_implicit_global_asset_job_def()
     run_config = {"ops": {k: {"config": v} for k, v in ops_config.items()}, **({"resources": resources} if resources else {})}
     return job.execute_in_process(run_config=run_config, instance=instance,
-                                  asset_selection=[dg.AssetKey(a) for a in assets], raise_on_error=False)
+                                  asset_selection=[dg.AssetKey.from_user_string(a) for a in assets], raise_on_error=False)
 
 
 def failure_messages(result) -> str:
@@ -96,7 +96,19 @@ def test_chained_training_stages_materialize(env):
     client = MlflowClient(env["tracking"])
     assert [a.path for a in client.list_artifacts(joint["mlflow_run_id"], "plots")] == ["plots/joint_pretrain_curves.png"]
     losses = client.get_metric_history(joint["mlflow_run_id"], "loss")
-    assert [m.step for m in losses] == [2, 4, 6]
+    assert [m.step for m in losses] == [2, 3, 4, 6]  # every log_every=2 steps and at each checkpoint (3, 6)
+    # the checkpoint's LoggedModel page: its metrics, on the mixture it was trained on, the spec as
+    # params, the checkpoint URI and digest
+    model = client.get_logged_model(joint["mlflow_model_id"])
+    model_metrics = {m.key: m for m in model.metrics}
+    assert model_metrics["loss"].step == 6 and model_metrics["loss"].value == losses[-1].value
+    assert model_metrics["loss"].dataset_name == "mixture"
+    assert model_metrics["loss"].dataset_digest == latest_metadata(instance, "mixture")["digest"][:32]
+    assert model.params["train.steps"] == "6" and model.tags["checkpoint_uri"] == joint["checkpoint_uri"]
+    assert model.tags["digest"] == joint["checkpoint_digest"]
+    # MLflow system metrics of the training run are real samples, not zeros
+    system = client.get_run(joint["mlflow_run_id"]).data.metrics
+    assert system.get("system/system_memory_usage_megabytes", 0) > 0, sorted(system)
     # each run folder holds the resolved spec.json; its values are the MLflow run's params
     from infra.spec import read_spec
     from training.spec import StageSpec
@@ -112,7 +124,7 @@ def test_chained_training_stages_materialize(env):
     assert [p.steps for p in read_spec(StageSpec, vit["spec_uri"]).phases] == [6, 2]
     # the warm-up's two phases are one curve in its MLflow run: steps continue across them
     vit_losses = client.get_metric_history(vit["mlflow_run_id"], "loss")
-    assert [m.step for m in vit_losses] == [2, 4, 6, 8]
+    assert [m.step for m in vit_losses] == [2, 3, 4, 6, 8]
     assert vit_losses[-1].value < vit_losses[0].value
 
 
@@ -138,14 +150,23 @@ def test_mlflow_lineage_walks_back_to_data_digests(env, capsys):
     # the CLI prints the same chain
     assert lineage.main(["--tracking-uri", env["tracking"], "joint_pretrain"]) == 0
     out = capsys.readouterr().out
-    assert "[vit_warmup]" in out and mixture_md["digest"][:16] in out
+    lines = out.splitlines()
+    assert lines[0].startswith("joint_pretrain: run ") and any(l.startswith("vit_warmup: run ") for l in lines)
+    assert "  config: profile=tiny, train.steps=6" in out  # the launchpad's override, per stage
+    assert out.count(mixture_md["digest"][:16]) == 1  # the chain once, each data set once ...
+    mixture_row = next(l for l in lines if l.strip().startswith("mixture ") and mixture_md["digest"][:16] in l)
+    assert "read by joint_pretrain, vit_warmup" in mixture_row  # ... with every stage that read it
+    # any asset name: a data asset too
+    assert lineage.main(["--tracking-uri", env["tracking"], "tokenizer"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tokenizer: run ") and latest_metadata(env["instance"], "tokenizer")["digest"] in out
 
 
 def test_recurating_unchanged_sources_leaves_every_downstream_asset_fresh(env):
     """Digests hash content, not where it lies: a second curation run writes new folders with the
     same bytes, so Dagster's staleness resolver (what the UI shows) sees nothing to redo."""
-    from dagster._utils.test.data_versions import get_stale_status_resolver
     from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
 
     before = {k: latest_metadata(env["instance"], k) for k in DATA_ASSETS}
     result = run(env["defs"], env["instance"], DATA_ASSETS, SMALL_DATA)
@@ -277,23 +298,33 @@ def test_program_rejects_bad_input(env, tmp_path, args, message):
 # ---- evaluation: any stage's checkpoint, comparison with the previous one, sensor and schedule
 
 EVAL_SUITES = ("gsm8k", "mmlu", "humaneval", "digits_caption_retrieval")
-EVAL = {"checkpoint_stage": "joint_pretrain", "suites": list(EVAL_SUITES), "limit": 4, "max_new_tokens": 12}
+EVAL = {"suites": list(EVAL_SUITES), "limit": 4, "max_new_tokens": 12}
+JOINT_EVAL = "evaluation/joint_pretrain"
 
 
-def test_evaluation_of_a_chosen_stage_is_reported_and_traced(env):
+def run_eval(env, config):
+    return run(env["defs"], env["instance"], [JOINT_EVAL], {"evaluation__joint_pretrain": config})
+
+
+def test_evaluation_of_a_stage_is_reported_compared_with_its_own_previous_one_and_traced(env):
     instance = env["instance"]
     joint = latest_metadata(instance, "joint_pretrain")
     for attempt in range(2):  # the second report compares itself with the first
-        result = run(env["defs"], instance, ["evaluation"], {"evaluation": EVAL})
+        result = run_eval(env, EVAL)
         assert result.success, failure_messages(result)
-    md = latest_metadata(instance, "evaluation")
+    md = latest_metadata(instance, JOINT_EVAL)
     assert md["evaluated_stage"] == "joint_pretrain" and md["evaluated_checkpoint"] == joint["checkpoint_uri"]
+    assert md["evaluated_digest"] == joint["checkpoint_digest"]
     assert storage.exists(md["spec_uri"]) and md["spec_uri"].startswith(md["report_uri"])
     for suite in EVAL_SUITES:
         assert md[f"{suite}/n"] == 4 and 0.0 <= md[f"{suite}/accuracy"] <= 1.0
     assert "| humaneval | benchmark | 4 |" in md["report_md"]
     assert md["accuracy_chart"].startswith("![accuracy](data:image/png;base64,")
-    assert "| gsm8k/accuracy |" in md["comparison"] and "n/a" not in md["comparison"].split("| gsm8k/accuracy |")[1].split("\n")[0]
+    # like with like: both checkpoints are named, both of this stage
+    comparison = md["comparison"]
+    assert "previous evaluation of joint_pretrain" in comparison
+    assert comparison.count(joint["checkpoint_uri"]) == 2, comparison
+    assert "n/a" not in comparison.split("| gsm8k/accuracy |")[1].split("\n")[0]
     import pandas as pd
 
     records = pd.read_parquet(md["records_uri"])
@@ -301,43 +332,56 @@ def test_evaluation_of_a_chosen_stage_is_reported_and_traced(env):
     assert {"prompt", "output", "extracted", "score", "output_tokens"} <= set(records.columns)
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"report_written": True, "every_suite_scored": True}
-    # lineage: the evaluation run takes the joint_pretrain LoggedModel as its input
-    node = lineage.resolve(MlflowClient(env["tracking"]), "k25", "evaluation")
+    # lineage: the evaluation run takes the joint_pretrain LoggedModel as its input, and its
+    # metrics are logged against that model (its MLflow page lists the evaluation)
+    client = MlflowClient(env["tracking"])
+    node = lineage.resolve(client, "k25", "evaluation")
     assert [p.stage for p in node.parents if p.kind == "model"] == ["joint_pretrain"]
+    model = client.get_logged_model(joint["mlflow_model_id"])
+    eval_metrics = {m.key for m in model.metrics or [] if m.run_id == md["mlflow_run_id"]}
+    assert "gsm8k_accuracy" in eval_metrics, [m.key for m in model.metrics or []]
 
 
-def test_sensor_requests_each_new_checkpoint_once(env):
-    from defs.evaluation.automation import new_checkpoint_evaluation, new_checkpoint_requests
+def test_a_checkpoint_of_another_stage_is_refused_by_this_stages_evaluation(env):
+    vit = latest_metadata(env["instance"], "vit_warmup")
+    result = run_eval(env, {**EVAL, "checkpoint_uri": vit["checkpoint_uri"]})
+    assert not result.success
+    assert "is a 'vit_warmup' checkpoint; this asset evaluates 'joint_pretrain'" in failure_messages(result)
+
+
+def test_sensor_and_schedule_request_each_checkpoint_once(env):
+    """Stateless: what is due is read from Dagster, so a restarted sensor (no cursor) asks for
+    nothing already evaluated; the run key dedupes requests still in flight."""
+    from defs.evaluation.automation import due_requests, new_checkpoint_evaluation
 
     instance = env["instance"]
-    requests, cursor = new_checkpoint_requests(instance, {}, ("vit_warmup", "joint_pretrain"))
-    by_stage = {r.tags["k25/evaluated_stage"]: r for r in requests}
-    assert set(by_stage) == {"vit_warmup", "joint_pretrain"}
-    pinned = by_stage["joint_pretrain"].run_config["ops"]["evaluation"]["config"]
-    assert pinned["checkpoint_uri"] == latest_metadata(instance, "joint_pretrain")["checkpoint_uri"]
-    assert by_stage["joint_pretrain"].run_key.endswith(latest_metadata(instance, "joint_pretrain")["checkpoint_digest"])
-    assert new_checkpoint_requests(instance, cursor, ("vit_warmup", "joint_pretrain"))[0] == []
-    # the sensor itself, with the default watched stages (midtrain, sft, rl, parl: none materialized here)
+    joint = latest_metadata(instance, "joint_pretrain")
+    # evaluated above: nothing due, also for a fresh sensor context
+    assert due_requests(instance, ("joint_pretrain",)) == []
     context = dg.build_sensor_context(instance=instance)
-    assert isinstance(new_checkpoint_evaluation(context), dg.SkipReason)
-
-
-def test_nightly_schedule_evaluates_the_newest_checkpoint(env):
-    from defs.evaluation.assets import latest_trained_stage
-
+    assert isinstance(new_checkpoint_evaluation(context), dg.SkipReason)  # default stages: none materialized
     schedule = env["defs"].resolve_schedule_def("nightly_evaluation")
     assert schedule.cron_schedule == "0 3 * * *"
-    assert latest_trained_stage(env["instance"]) == "joint_pretrain"
-    context = dg.build_schedule_context(instance=env["instance"])
-    run_config = schedule.evaluate_tick(context).run_requests[0].run_config
-    assert run_config["ops"]["evaluation"]["config"]["checkpoint_stage"] == "latest"
-    assert run_config["resources"]["profile"]["config"]["name"] == "tiny"  # the run's one profile
+    assert not schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+    # a new checkpoint is due once, pinned exactly, with the run's one profile
+    result = run(env["defs"], instance, ["joint_pretrain"], {"joint_pretrain": SHORT_TRAIN})
+    assert result.success, failure_messages(result)
+    new = latest_metadata(instance, "joint_pretrain")
+    assert new["checkpoint_digest"] != joint["checkpoint_digest"]
+    [request] = due_requests(instance, ("joint_pretrain",))
+    assert request.run_key == f"joint_pretrain:{new['checkpoint_digest']}"
+    assert request.asset_selection == [dg.AssetKey(["evaluation", "joint_pretrain"])]
+    pinned = request.run_config["ops"]["evaluation__joint_pretrain"]["config"]
+    assert pinned["checkpoint_uri"] == new["checkpoint_uri"]
+    assert request.run_config["resources"]["profile"]["config"]["name"] == "tiny"
+    [nightly] = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+    assert nightly.run_key == request.run_key
 
 
 def test_missing_evaluation_data_fails_before_launch(env, tmp_path):
     os.environ["K25_DATA_ROOT"] = str(tmp_path / "nowhere")
     try:
-        result = run(env["defs"], env["instance"], ["evaluation"], {"evaluation": EVAL})
+        result = run_eval(env, EVAL)
     finally:
         os.environ["K25_DATA_ROOT"] = str(DATA_ROOT)
     assert not result.success
