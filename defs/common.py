@@ -7,6 +7,7 @@ launches the program with `--spec`. Stages hand each other typed references (inf
 from the upstream materialization's metadata; each is verified once, before any process starts.
 """
 
+import base64
 import dataclasses
 import math
 import typing
@@ -16,6 +17,7 @@ import dagster as dg
 import pydantic
 
 from defs.resources import ArtifactStore, MlflowTracking, RunProfile, TorchrunLauncher
+from infra import storage
 from infra.refs import CheckpointRef, MissingReference, MixtureRef, plain_metadata
 from infra.settings import default_data_root
 from infra.spec import SpecError, block_class, spec_params, write_spec
@@ -131,6 +133,13 @@ def check_profile(ref: CheckpointRef, manifest: dict, profile: str, what: str) -
                                      f"profile is {profile!r}; materialize the chain with one profile")
 
 
+def image_markdown(uri: str, title: str) -> dg.MetadataValue:
+    """A PNG the program stored, inline in the materialization's metadata (Dagster renders
+    markdown images): the program sends the image's URI, never the image, through Pipes."""
+    png = storage.read_bytes(uri)
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
 # ---- training stages
 
 def resolve_or_fail(resolve, *args):
@@ -175,7 +184,8 @@ def run_training_stage(context: dg.AssetExecutionContext, config: dg.Config, pro
         md = plain_metadata(result.metadata or {})
         data_version = result.data_version.value if result.data_version else None
         checks = run.record_checks(checkpoint_checks(stage, md, data_version))
-    extra = {**run.links(md.get("mlflow_model_id")), "init_from": str(init.uri if init else None), "run_dir": run_dir,
+    plot = {"loss_curve": image_markdown(md["curves_uri"], f"{stage} curves")} if md.get("curves_uri") else {}
+    extra = {**plot, **run.links(md.get("mlflow_model_id")), "init_from": str(init.uri if init else None), "run_dir": run_dir,
              "spec_uri": spec_uri}
     return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra}, data_version=result.data_version,
                                 check_results=checks)

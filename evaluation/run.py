@@ -16,7 +16,6 @@ Dagster through Pipes.
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import os
 
@@ -248,9 +247,8 @@ def main(argv=None) -> None:
             client.log_image(reporter.run_id, _png_array(png), "accuracy.png")
             client.log_dict(reporter.run_id, spec.model_dump(mode="json"), "spec.json")
             client.log_text(reporter.run_id, df.to_csv(index=False), "records.csv")
-        chart = f"![accuracy](data:image/png;base64,{base64.b64encode(png).decode()})"
         reporter.log(md)
-        reporter.finish({"report_md": md, "accuracy_chart": chart, "report_uri": spec.out,
+        reporter.finish({"report_md": md, "accuracy_png_uri": storage.join(spec.out, "accuracy.png"), "report_uri": spec.out,
                          "records_uri": storage.join(spec.out, "records.parquet"),
                          "evaluated_checkpoint": spec.checkpoint.uri, **metrics}, storage.sha256_bytes(buf.getvalue()))
     if dist.is_initialized():

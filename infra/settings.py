@@ -31,15 +31,6 @@ def default_data_root() -> str:
     return str(Path(os.environ.get("K25_DATA_ROOT", Path.cwd().parent / "shared" / "data")).resolve())
 
 
-def mlflow_ui_url() -> str:
-    """Where people open MLflow: K25_MLFLOW_UI_URL, else the tracking URI when it is a server."""
-    explicit = os.environ.get("K25_MLFLOW_UI_URL", "")
-    if explicit:
-        return explicit.rstrip("/")
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else ""
-
-
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@\s]*)@")
 _SECRET_PARAM = re.compile(r"(?P<key>(?:password|passwd|pwd|secret|token|access_key)=)(?P<secret>[^&\s]+)", re.I)
 

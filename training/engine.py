@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from infra import storage
 from infra.spec import spec_params
 from infra.tracking import DatasetRef
 from model.multimodal import K25Model
@@ -365,9 +366,10 @@ class Engine:
         for key, points in self.reporter.history.items():  # headline values of stage metrics
             if key not in ("loss", "lr"):
                 metadata[f"last_{key}"] = round(points[-1][1], 5)
-        plot = self.reporter.curves_markdown()
-        if plot:
-            metadata["loss_curve"] = plot
+        png = self.reporter.curves_png()
+        if png:  # by reference: a Pipes message carrying the image could reach Dagster cut short
+            metadata["curves_uri"] = storage.join(self.spec.inputs.run_dir, f"curves-step{self.step:06d}.png")
+            storage.write_bytes(metadata["curves_uri"], png)
         self.reporter.finish(metadata, ckpt.digest)
         if dist.is_initialized():
             dist.barrier()

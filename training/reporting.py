@@ -7,7 +7,6 @@ methods do nothing, so training code calls it unconditionally.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import math
@@ -92,10 +91,10 @@ class Reporter:
             return None
         return self.tracker.register_checkpoint(self.run_id, self.stage, uri, digest, step + self.step_offset, params)
 
-    def curves_markdown(self) -> str | None:
-        """A PNG of the stage's curves, logged to MLflow and returned as markdown for Dagster: the
-        total and per-modality losses (and any other `loss_*`) on the left, the realised vision
-        token share and the stage's reward (RL, PARL) on the right when they were logged."""
+    def curves_png(self) -> bytes | None:
+        """A PNG of the stage's curves, logged to MLflow: the total and per-modality losses (and
+        any other `loss_*`) on the left, the realised vision token share and the stage's reward
+        (RL, PARL) on the right when they were logged."""
         losses = {k: v for k, v in self.history.items() if k == "loss" or k.startswith("loss_")}
         others = {k: v for k, v in self.history.items()
                   if k.startswith("vision_token_ratio") or k in ("reward", "reward_mean", "accuracy")}
@@ -121,7 +120,7 @@ class Reporter:
         png = buf.getvalue()
         if self.tracker and self.run_id:
             self.tracker.client.log_image(self.run_id, _png_to_image(png), artifact_file=f"plots/{self.stage}_curves.png")
-        return f"![{self.stage} curves](data:image/png;base64,{base64.b64encode(png).decode()})"
+        return png
 
     def finish(self, metadata: dict, data_version: str | None, ok: bool = True) -> None:
         if not self.active:

@@ -15,7 +15,15 @@ with training."""
 
 import dagster as dg
 
-from defs.common import check_profile, overrides_config, resolve_or_fail, set_fields, upstream_ref, verified
+from defs.common import (
+    check_profile,
+    image_markdown,
+    overrides_config,
+    resolve_or_fail,
+    set_fields,
+    upstream_ref,
+    verified,
+)
 from defs.resources import ArtifactStore, MlflowTracking, RunProfile, TorchrunLauncher
 from evaluation.config import EvalConfig
 from infra import storage
@@ -94,7 +102,7 @@ def evaluate(context: dg.AssetExecutionContext, config: CheckpointChoice, profil
     import recipes
     from evaluation.run import EvalSpec, missing_suite_data  # torch and the suites load only when evaluating
 
-    asset = context.asset_key.to_user_string()
+    asset = context.asset_key
     with mlflow.stage_run(context, "evaluation") as run:
         overrides = {k: v for k, v in set_fields(config).items() if k not in CheckpointChoice.model_fields}
         cfg = resolve_or_fail(recipes.resolve_evaluation, profile.name, overrides)
@@ -136,7 +144,7 @@ def evaluate(context: dg.AssetExecutionContext, config: CheckpointChoice, profil
         metadata={**(result.metadata or {}), **run.links(ckpt.model_id), "evaluated_stage": stage,
                   "evaluated_step": ckpt.step, "evaluated_digest": ckpt.digest, "spec_uri": spec_uri,
                   "report_md": dg.MetadataValue.md(md.get("report_md", "")),
-                  "accuracy_chart": dg.MetadataValue.md(md.get("accuracy_chart", "")),
+                  "accuracy_chart": image_markdown(md["accuracy_png_uri"], f"accuracy of {stage}"),
                   "comparison": dg.MetadataValue.md(comparison)},
         data_version=result.data_version, check_results=checks)
 

@@ -55,7 +55,7 @@ def failure_messages(result) -> str:
 
 
 def latest_metadata(instance, key: str) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    event = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
 
 
@@ -212,6 +212,13 @@ def test_invalid_config_fails_before_launch(env, config, resources, message):
     assert not result.success
     assert message in failure_messages(result)
     assert _no_new_checkpoints(env, "joint_pretrain", before)
+    if resources is None:  # the step ran (a bad profile fails resource setup, before any step)
+        # a failed Dagster run leaves its MLflow runs FAILED, the stage's and the parent
+        from infra.tracking import Tracker
+
+        tracker = Tracker(env["tracking"])
+        parent = tracker.find_parent(result.run_id)
+        assert parent is not None and tracker.client.get_run(parent).info.status == "FAILED"
 
 
 @pytest.mark.parametrize("config, message", [
@@ -319,7 +326,7 @@ def test_evaluation_of_a_stage_is_reported_compared_with_its_own_previous_one_an
     for suite in EVAL_SUITES:
         assert md[f"{suite}/n"] == 4 and 0.0 <= md[f"{suite}/accuracy"] <= 1.0
     assert "| humaneval | benchmark | 4 |" in md["report_md"]
-    assert md["accuracy_chart"].startswith("![accuracy](data:image/png;base64,")
+    assert md["accuracy_chart"].startswith("![accuracy of joint_pretrain](data:image/png;base64,")
     # like with like: both checkpoints are named, both of this stage
     comparison = md["comparison"]
     assert "previous evaluation of joint_pretrain" in comparison
