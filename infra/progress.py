@@ -21,30 +21,32 @@ Log = Callable[[str], None]
 def track(items: Iterable[T], desc: str, total: int | None = None, log: Log | None = None, every_s: float = 15.0,
           unit: str = "it") -> Iterator[T]:
     """Yield `items`, showing progress; the last line says how many and how long."""
-    bar = tqdm(items, desc=desc, total=total, unit=unit, file=sys.stderr, mininterval=1.0, dynamic_ncols=True,
-               disable=None)  # None: no bar when stderr is not a terminal (CI logs stay readable)
-    last = time.monotonic()
+    # No bar when stderr is not a terminal (CI logs stay readable); the count is ours either way.
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0, dynamic_ncols=True, disable=None)
+    start = last = time.monotonic()
+    n = 0
     if log:
         log(f"{desc}: started" + (f" ({total} {unit})" if total else ""))
     try:
-        for item in bar:
+        for item in items:
             yield item
+            n += 1
+            bar.update()
             now = time.monotonic()
             if log and now - last >= every_s:
                 last = now
-                log(f"{desc}: {status(bar)}")
+                log(f"{desc}: {status(n, total, now - start, unit)}")
     finally:
         bar.close()
         if log:
-            log(f"{desc}: done, {status(bar)}")
+            log(f"{desc}: done, {status(n, total, time.monotonic() - start, unit)}")
 
 
-def status(bar: tqdm) -> str:
-    """`120/400 (30%), 5.2 it/s, ETA 0:00:54` (no share or ETA without a total)."""
-    d = bar.format_dict
-    n, total, elapsed = d["n"], d["total"], d["elapsed"]
+def status(n: int, total: int | None, elapsed: float, unit: str) -> str:
+    """`120/400 doc (30%), 5.2 doc/s, ETA 00:54, 00:23 elapsed` (no share or ETA without a total)."""
     rate = n / elapsed if elapsed > 0 else 0.0
-    text = f"{n}" + (f"/{total} ({100 * n / total:.0f}%)" if total else "") + f" {d['unit']}, {rate:.3g} {d['unit']}/s"
+    text = f"{n}" + (f"/{total}" if total else "") + f" {unit}" + (f" ({100 * n / total:.0f}%)" if total else "")
+    text += f", {rate:.3g} {unit}/s"
     if total and rate > 0:
         text += f", ETA {tqdm.format_interval((total - n) / rate)}"
     return text + f", {tqdm.format_interval(elapsed)} elapsed"

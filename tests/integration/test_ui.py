@@ -50,10 +50,11 @@ def test_dg_dev_serves_the_asset_graph(tmp_path):
             assert proc.poll() is None, "dagster dev exited early"
             time.sleep(2)
         assert nodes, "the UI did not serve asset nodes within 120 s"
-        deps = {n["assetKey"]["path"][0]: sorted(d["path"][0] for d in n["dependencyKeys"]) for n in nodes}
-        assert deps["evaluation"] == ["mixture", "parl"]
+        deps = {"/".join(n["assetKey"]["path"]): sorted("/".join(d["path"]) for d in n["dependencyKeys"]) for n in nodes}
+        assert deps["evaluation/parl"] == ["mixture", "parl"]
+        assert deps["evaluation/sft"] == ["mixture", "sft"]
         assert deps["joint_pretrain"] == ["mixture", "vit_warmup"]
-        assert len(deps) == 12
+        assert len(deps) == 16
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

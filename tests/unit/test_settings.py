@@ -32,3 +32,16 @@ def test_the_mlflow_ui_address_defaults_to_a_tracking_server():
     assert MlflowTracking(tracking_uri="postgresql://u:pw@h/db").ui() == ""
     assert MlflowTracking(tracking_uri="postgresql://u:pw@h/db", ui_url="https://mlflow.example.org/").ui() == \
         "https://mlflow.example.org"
+
+
+def test_progress_counts_and_logs_with_an_eta_also_without_a_terminal():
+    from infra.progress import track
+
+    lines: list[str] = []
+    assert list(track(range(5), "work", total=10, log=lines.append, every_s=0.0, unit="doc")) == list(range(5))
+    assert lines[0] == "work: started (10 doc)"
+    assert lines[1].startswith("work: 1/10 doc (10%)") and "ETA" in lines[1]
+    assert lines[-1].startswith("work: done, 5/10 doc (50%)")
+    lines.clear()
+    list(track(iter("abc"), "stream", log=lines.append))  # no total: a count and a rate, no ETA
+    assert lines[-1].startswith("stream: done, 3 it, ") and "ETA" not in lines[-1]
