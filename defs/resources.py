@@ -152,6 +152,16 @@ class TorchrunLauncher(dg.ConfigurableResource):
     stop_grace_s: int = 600
     """After a stop from the UI, how long the ranks have to agree on a step and commit its
     checkpoint before torchrun kills them."""
+    messages_bucket: str = ""
+    """Empty: Pipes messages travel through a local file (the program runs on this machine). A
+    bucket: through S3 (dagster-aws's channel), for programs that run off-box (cluster launchers)."""
+
+    def message_reader(self):
+        if not self.messages_bucket:
+            return None  # Pipes' default: a temporary file on this machine
+        from dagster_aws.pipes import PipesS3MessageReader
+
+        return PipesS3MessageReader(bucket=self.messages_bucket, client=storage.s3_client(), interval=2)
 
     def run(self, context: dg.AssetExecutionContext, module: str, program_args: list[str], nproc_per_node: int,
             extras: dict | None = None, env: dict[str, str] | None = None) -> dg.MaterializeResult:
@@ -159,7 +169,7 @@ class TorchrunLauncher(dg.ConfigurableResource):
         command = launcher.torchrun_command(module, program_args, n, self.python or None, self.stop_grace_s)
         context.log.info("launching: " + redacted(" ".join(command)))
         # Pipes sends SIGINT on a stop and waits this long for the program to commit and exit.
-        client = dg.PipesSubprocessClient(cwd=str(launcher.PROJECT_ROOT),
+        client = dg.PipesSubprocessClient(cwd=str(launcher.PROJECT_ROOT), message_reader=self.message_reader(),
                                           termination_timeout_seconds=self.stop_grace_s + 30)
         invocation = client.run(context=context, command=command, extras=extras or {},
                                 env={**launcher.program_env(), **(env or {})})

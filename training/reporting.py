@@ -38,7 +38,7 @@ class Reporter:
         from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 
         if DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ:  # launched by Dagster
-            self.pipes = self._exit.enter_context(open_dagster_pipes())
+            self.pipes = self._exit.enter_context(open_dagster_pipes(message_writer=_message_writer()))
         if tracking_uri:
             self.tracker = Tracker(tracking_uri, experiment)
             if self.run_id is None:  # standalone run: our own MLflow run, ended in finish()
@@ -135,6 +135,25 @@ class Reporter:
         if self.owns_run:  # a run Dagster opened is ended by its asset (MlflowTracking.stage_run)
             self.tracker.finish(self.run_id, "FINISHED" if ok else "KILLED")
         self._exit.close()
+
+
+def _message_writer():
+    """The Pipes channel the launcher chose: S3 when its parameters name a bucket (a program off
+    the orchestrator's machine), else Pipes' default (a local file)."""
+    from dagster_pipes import (
+        DAGSTER_PIPES_MESSAGES_ENV_VAR,
+        PipesDefaultMessageWriter,
+        PipesS3MessageWriter,
+        decode_env_var,
+    )
+
+    params = decode_env_var(os.environ.get(DAGSTER_PIPES_MESSAGES_ENV_VAR, "")) if os.environ.get(
+        DAGSTER_PIPES_MESSAGES_ENV_VAR) else {}
+    if "bucket" in params:
+        from infra import storage
+
+        return PipesS3MessageWriter(storage.s3_client(), interval=2)
+    return PipesDefaultMessageWriter()
 
 
 def _png_to_image(png: bytes):

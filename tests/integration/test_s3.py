@@ -280,3 +280,34 @@ def test_text_sources_on_s3(s3_bucket, tmp_path):
     curated = curate_text(f"{s3_bucket}/out", cfg)
     assert sorted(s["text"] for s in iter_samples(curated.uri)) == sorted(PROSE[:2])
     assert storage.exists(curated.quarantine_uri)
+
+
+def test_a_stage_reports_through_the_s3_pipes_channel(s3_bucket, tmp_path, monkeypatch):
+    """The channel for programs off the orchestrator's machine (dagster-aws): the launcher names a
+    bucket, the program writes its Pipes messages there, the materialization arrives through it."""
+    import re
+
+    import dagster as dg
+
+    from defs.resources import TorchrunLauncher
+    from definitions import build_definitions
+
+    monkeypatch.setenv("K25_DATA_ROOT", str(helpers.DATA_ROOT))
+    monkeypatch.chdir(tmp_path)
+    bucket = s3_bucket.split("/")[2]
+    defs = build_definitions(artifact_root=s3_bucket, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    resources = {**defs.resources, "launcher": TorchrunLauncher(messages_bucket=bucket)}
+    config = {"text_corpus": helpers.TINY_TEXT, "image_text_corpus": {**helpers.TINY_IMAGE, "include_skimage": False},
+              "video_corpus": helpers.TINY_VIDEO, "tokenizer": {"vocab_size": helpers.TINY_VOCAB},
+              "vit_warmup": {"phase_steps": [2, 1], "checkpoint": {"every": 2}}}
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        result = dg.materialize(list(defs.assets), instance=instance, resources=resources,
+                                run_config={"ops": {k: {"config": v} for k, v in config.items()}},
+                                selection=[*config, "mixture"])
+        assert result.success
+        md = instance.get_latest_materialization_event(dg.AssetKey("vit_warmup")).asset_materialization.metadata
+    manifest, digest = checkpoint.read_manifest(md["checkpoint_uri"].value)
+    assert md["checkpoint_digest"].value == digest and manifest["step"] == 1
+    messages = [k for k in _bucket_keys(f"s3://{bucket}/") if re.fullmatch(r"[A-Za-z]{30}/\d+\.json", k)]
+    assert messages, "no Pipes message went through the bucket"
