@@ -289,8 +289,8 @@ def test_a_stage_reports_through_the_s3_pipes_channel(s3_bucket, tmp_path, monke
 
     import dagster as dg
 
-    from defs.resources import TorchrunLauncher
     from definitions import build_definitions
+    from defs.resources import TorchrunLauncher
 
     monkeypatch.setenv("K25_DATA_ROOT", str(helpers.DATA_ROOT))
     monkeypatch.chdir(tmp_path)
