@@ -151,7 +151,7 @@ def test_mlflow_lineage_in_postgres(tmp_path, monkeypatch, postgres_db_factory):
                                            {"lr": 0.003})
     tracker.log_model_input(joint, model_id)
     tracker.finish(warmup)
-    tracker.finish(joint, ok=False)
+    tracker.finish(joint, "FAILED")
 
     # Read back through a fresh client.
     client = MlflowClient(url)

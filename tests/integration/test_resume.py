@@ -101,7 +101,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(mixture_uri, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     log = "".join(seen) + out
-    assert "SIGTERM: saved step" in log, log[-3000:]
+    assert "stopped by SIGTERM: committed step" in log, log[-3000:]
     saved = checkpoint.latest(str(run_dir))
     assert saved is not None
     step = checkpoint.read_manifest(saved)[0]["step"]
