@@ -76,6 +76,7 @@ class Engine:
         if spec.parallel.zero_stage == 1 and spec.optimizer.name == "adamw":
             self.ds_engine, self.optimizer = wrap_zero1(self.model, self.optimizer, spec)
         self.step = 0
+        self.last_loss: float | None = None  # the loss of the last step trained (this run or the checkpoint's)
         self.loader_state: dict = {}
         self._stop = False
         # A stop from the Dagster UI arrives as SIGINT (Pipes forwards it, torchrun passes it to every
@@ -180,6 +181,7 @@ class Engine:
         else:
             self.optimizer.load_state_dict(state["optim"])
         self.step = state["trainer"]["step"]
+        self.last_loss = state["trainer"].get("loss")  # what a run resumed at its last step reports
         # The loader state is per rank (each data-parallel rank reads its own shards); checkpoints
         # written before that kept rank 0's copy in the trainer object.
         self.loader_state = state["loader"] if "loader" in state else state["trainer"].get("loader", {})
@@ -203,7 +205,7 @@ class Engine:
         model_state = self.model.state_dict()
         if self.ep_group is not None:  # collective: the full experts, so any stage can load the checkpoint
             model_state = gather_moe_state_dict(model_state, self.ep_group)
-        shared = {"model": model_state, "trainer": {"step": self.step}}
+        shared = {"model": model_state, "trainer": {"step": self.step, "loss": self.last_loss}}
         per_rank = {"rng": {"torch": torch.get_rng_state(), "python": random.getstate()}, "loader": loader_state}
         (per_rank if self.optimizer_per_rank else shared)["optim"] = self.optimizer.state_dict()
         uri, digest = checkpoint.save(spec.inputs.run_dir, self.step, shared, per_rank, meta)
@@ -313,6 +315,7 @@ class Engine:
                 dist.all_reduce(t)
                 loss_value = float(t) / self.world
             losses.append(loss_value)
+            self.last_loss = loss_value
             meter.add(n_tokens * self.world)
             self.step += 1
             stop = self._agree_stop()
@@ -355,6 +358,8 @@ class Engine:
     def _report(self, ckpt: checkpoint.CheckpointRef, losses: list[float], seconds: float) -> None:
         if not self.last:  # a later phase of this stage reports
             return
+        if not losses and self.last_loss is not None:  # resumed at the last step: nothing trained now
+            losses = [self.last_loss]
         head = losses[: max(1, len(losses) // 5)]
         tail = losses[-max(1, len(losses) // 5):]
         metadata = {

@@ -286,3 +286,16 @@ def test_terminate_in_the_ui_commits_a_checkpoint_marks_mlflow_killed_and_resume
     assert f"from step {stopped_at}" in proc.stdout
     final = checkpoint.latest(str(run_dir))
     assert checkpoint.read_manifest(final)[0]["step"] == STOPPED_STEPS
+
+    # "Re-execute all" in the UI works in the first attempt's folder: it finds the finished
+    # checkpoint there (no step is trained twice) and materializes it
+    open_page(browser, f"http://127.0.0.1:{servers['ui']}/runs/{run_id}")
+    browser.get_by_role("button", name="Re-execute all").first.click()
+    browser.wait_for_url(lambda url: "/runs/" in url and run_id not in url, timeout=30000)
+    rerun_id = browser.url.rstrip("/").split("/runs/")[1].split("?")[0].split("/")[0]
+    status = wait_status(servers["ui"], rerun_id, {"SUCCESS", "FAILURE", "CANCELED"}, 300)
+    assert status == "SUCCESS", "\n".join(run_messages(servers["ui"], rerun_id)[-25:])
+    assert any(f"from step {STOPPED_STEPS}" in m for m in run_messages(servers["ui"], rerun_id))
+    md = latest_metadata(servers, "joint_pretrain")
+    assert md["checkpoint_uri"].value == final and md["run_dir"].value == str(run_dir)
+    browser.screenshot(path=str(shots(servers) / "8-reexecuted-run.png"))
