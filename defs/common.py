@@ -210,7 +210,7 @@ def checkpoint_checks(asset: str, md: dict[str, Any], data_version: str | None) 
     ]
 
 
-def check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
+def check_specs(asset: str | dg.AssetKey, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(n, asset=asset, blocking=True) for n in names]
 
 

@@ -90,6 +90,8 @@ class StageRun:
 
     def record_checks(self, results: list[dg.AssetCheckResult]) -> list[dg.AssetCheckResult]:
         self.failed_checks += [r.check_name for r in results if not r.passed]
+        if self.failed_checks:
+            self.tracker.client.set_tag(self.run_id, "k25.failed_checks", ",".join(self.failed_checks))
         return results
 
 
@@ -131,17 +133,9 @@ class MlflowTracking(dg.ConfigurableResource):
         tags = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
                 "dagster.code_version": context.assets_def.code_versions_by_key.get(context.asset_key) or ""}
         run = StageRun(tracker, tracker.child_run(parent, stage, tags), self.ui())
-        try:
+        with tracker.closing(run.run_id, killed_by=(KeyboardInterrupt, dg.DagsterExecutionInterruptedError),  # a UI stop
+                             failed=lambda: bool(run.failed_checks)):
             yield run
-        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):  # a stop from the UI
-            tracker.finish(run.run_id, "KILLED")
-            raise
-        except BaseException:
-            tracker.finish(run.run_id, "FAILED")
-            raise
-        if run.failed_checks:
-            tracker.client.set_tag(run.run_id, "k25.failed_checks", ",".join(run.failed_checks))
-        tracker.finish(run.run_id, "FAILED" if run.failed_checks else "FINISHED")
 
 
 class TorchrunLauncher(dg.ConfigurableResource):

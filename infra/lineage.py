@@ -39,7 +39,7 @@ class LineageNode:
 
 KEY_CONFIG = ("profile", "train.steps", "optimizer.name", "optimizer.lr", "data.seq_len", "data.batch_size",
               "data.vision_ratio", "nproc_per_node", "evaluation.suites", "evaluation.limit", "vocab_size")
-KEY_METRICS = ("loss", "loss_text", "loss_vision", "vision_token_ratio", "tokens_per_s", "reward", "num_samples",
+KEY_METRICS = ("loss", "loss_text", "loss_vision", "vision_token_ratio", "tokens_per_s", "reward_mean", "num_samples",
                "rejected_fraction")
 
 
@@ -71,7 +71,6 @@ def walk_run(client: MlflowClient, run_id: str, seen: set[str] | None = None) ->
     run = client.get_run(run_id)
     node = LineageNode("run", run_id, run.data.tags.get(STAGE_TAG, "?"),
                        {"dagster.run_id": run.data.tags.get("dagster.run_id", ""), "status": run.info.status,
-                        "asset": run.data.tags.get("dagster.asset_key", ""),
                         "config": key_config(run.data.params), "metrics": key_metrics(run.data.metrics),
                         "tags": {k: v for k, v in run.data.tags.items() if k.startswith(("k25.", "evaluated_"))}})
     for ds in run.inputs.dataset_inputs or []:

@@ -2,8 +2,9 @@
 `log` callback is given (an asset passes `context.log.info`), a line in the Dagster event log at
 most every `every_s` seconds, with count, rate and ETA (when the total is known).
 
-tqdm does the counting, rates and formatting; the rate limit on the log is ours because an event
-log line per item would flood the Dagster database.
+tqdm draws the bar (only on a terminal: it counts nothing when disabled, so the count and rate
+for the log are ours); the rate limit on the log is ours too, because an event log line per item
+would flood the Dagster database.
 """
 
 from __future__ import annotations

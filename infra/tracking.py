@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Callable
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, Metric, Param
@@ -136,9 +137,11 @@ class Tracker:
         self.settle_parent(parent, status)
 
     @contextlib.contextmanager
-    def closing(self, run_id: str, killed_by: tuple[type[BaseException], ...] = (KeyboardInterrupt,)):
-        """Yield `run_id`; end the run FINISHED when the block completes, KILLED when it is
-        interrupted (`killed_by`: a stop from the UI), FAILED on any other exception, then re-raise."""
+    def closing(self, run_id: str, killed_by: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
+                failed: Callable[[], bool] = lambda: False):
+        """Yield `run_id`; end the run FINISHED when the block completes (FAILED if `failed()` then
+        says so), KILLED when it is interrupted (`killed_by`: a stop from the UI), FAILED on any
+        other exception, then re-raise."""
         try:
             yield run_id
         except killed_by:
@@ -147,7 +150,7 @@ class Tracker:
         except BaseException:
             self.finish(run_id, "FAILED")
             raise
-        self.finish(run_id)
+        self.finish(run_id, "FAILED" if failed() else "FINISHED")
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
         """Params in batches of 100 (MLflow's limit per call)."""

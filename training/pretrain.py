@@ -161,6 +161,7 @@ def run_phases(spec: StageSpec, run: RunContext) -> None:
     mixture = verify_or_fail(inputs.mixture)  # read once for every phase
 
     reporter = Reporter(rank_env()[0], spec.stage, run.tracking_uri, run.mlflow_run_id)
+    reporter.plan_steps = sum(p.steps for p in phases)
     init, offset, stop = inputs.init_from, 0, False
     for k, (phase, run_dir) in enumerate(zip(phases, dirs)):
         last = k == len(phases) - 1
@@ -183,7 +184,6 @@ def run_phases(spec: StageSpec, run: RunContext) -> None:
                      f"{','.join(pspec.train.trainable)}, from {init.uri if init else None}, "
                      f"metric steps {offset + 1}..{offset + phase.steps}")
         reporter.step_offset, reporter.phase_label = offset, f"phase {k + 1}/{len(phases)} {phase.name}"
-        reporter.plan_steps = sum(p.steps for p in phases)
         engine = Engine(pspec, prun, reporter=reporter, last=last, mixture=mixture)
         # A SIGTERM caught between phases (by the previous engine's handler) stops this one at its
         # first step, after a checkpoint: the usual save-and-exit.

@@ -97,7 +97,7 @@ class Reporter:
         (RL, PARL) on the right when they were logged."""
         losses = {k: v for k, v in self.history.items() if k == "loss" or k.startswith("loss_")}
         others = {k: v for k, v in self.history.items()
-                  if k.startswith("vision_token_ratio") or k in ("reward", "reward_mean", "accuracy")}
+                  if k.startswith("vision_token_ratio") or k == "reward_mean"}
         if not self.active or not losses:
             return None
         import matplotlib
@@ -147,9 +147,8 @@ def _message_writer():
         decode_env_var,
     )
 
-    params = decode_env_var(os.environ.get(DAGSTER_PIPES_MESSAGES_ENV_VAR, "")) if os.environ.get(
-        DAGSTER_PIPES_MESSAGES_ENV_VAR) else {}
-    if "bucket" in params:
+    raw = os.environ.get(DAGSTER_PIPES_MESSAGES_ENV_VAR)
+    if raw and "bucket" in decode_env_var(raw):
         from infra import storage
 
         return PipesS3MessageWriter(storage.s3_client(), interval=2)

@@ -17,6 +17,7 @@ import dagster as dg
 
 from defs.common import (
     check_profile,
+    check_specs,
     image_markdown,
     overrides_config,
     resolve_or_fail,
@@ -153,7 +154,7 @@ def evaluation_asset(stage: str) -> dg.AssetsDefinition:
     key = evaluation_key(stage)
 
     @dg.asset(key=key, group_name="eval", code_version="eval-v4", kinds={"pytorch"}, deps=[stage, "mixture"],
-              pool="gpu", check_specs=[dg.AssetCheckSpec(n, asset=key, blocking=True) for n in EVAL_CHECKS],
+              pool="gpu", check_specs=check_specs(key, EVAL_CHECKS),
               description=f"Evaluate the latest {stage} checkpoint (or `checkpoint_uri`, one of {stage}'s) on every "
                           "configured suite; report table, comparison with the previous evaluation of "
                           f"{stage} and chart, here and in MLflow.")

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,12 +32,6 @@ DATA = {"text_corpus": {"max_docs_per_source": 20}, "image_text_corpus": {"max_d
 STOPPED_STEPS = 150  # long enough to stop it in the middle
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 180) -> None:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -51,21 +44,13 @@ def wait_for(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 180
     raise AssertionError(f"{what} did not answer at {url} within {timeout_s} s")
 
 
-def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql",
-                                 data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())["data"]
-
-
 RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 RUN_LOGS = """query($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events {
   ... on MessageEvent { message } } } } }"""
 
 
 def run_status(port: int, run_id: str) -> str:
-    return graphql(port, RUN_STATUS, {"id": run_id})["runOrError"].get("status", "")
+    return helpers.graphql(port, RUN_STATUS, {"id": run_id})["runOrError"].get("status", "")
 
 
 def wait_status(port: int, run_id: str, wanted: set[str], timeout_s: float) -> str:
@@ -79,7 +64,7 @@ def wait_status(port: int, run_id: str, wanted: set[str], timeout_s: float) -> s
 
 
 def run_messages(port: int, run_id: str) -> list[str]:
-    events = graphql(port, RUN_LOGS, {"id": run_id})["logsForRun"].get("events", [])
+    events = helpers.graphql(port, RUN_LOGS, {"id": run_id})["logsForRun"].get("events", [])
     return [e.get("message") or "" for e in events]
 
 
@@ -92,7 +77,7 @@ def servers(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     (root / "dagster_home").mkdir()
     shutil.copy(helpers.REPO_ROOT / "infra" / "deploy" / "dagster.yaml", root / "dagster_home" / "dagster.yaml")
-    ml_port, ui_port = free_port(), free_port()
+    ml_port, ui_port = helpers.free_port(), helpers.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "K25_ARTIFACT", "MLFLOW_TRACKING"))}
     env.update(DAGSTER_HOME=str(root / "dagster_home"), K25_HOME=str(root / "k25"), K25_DATA_ROOT=str(helpers.DATA_ROOT),
                MLFLOW_TRACKING_URI=f"http://127.0.0.1:{ml_port}")
@@ -138,7 +123,7 @@ def servers(tmp_path_factory):
 
 def _asset_nodes(port: int) -> list:
     try:
-        return graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
+        return helpers.graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"]
     except (OSError, KeyError, TypeError):
         return []
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
+import helpers
 import pytest
 import torch
 import torch.distributed as dist
@@ -23,12 +23,6 @@ SHAPES = {  # per scenario: [rank 0 items, rank 1 items]
     "skewed": [[(112, 112, 3), (168, 140, 3), (4, 56, 84, 3), (56, 56, 3)], [(28, 28, 3)]],
     "rank1_none": [[(112, 84, 3), (84, 112, 3), (56, 56, 3)], []],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch(rank: int, shapes, patch: int = 14, merge: int = 2):
@@ -101,7 +95,7 @@ def _worker(rank: int, world: int, port: int, scenario: str, trainable: str, out
 
 
 def _run(tmp_path, scenario: str, trainable: str = "all") -> list[dict]:
-    mp.spawn(_worker, args=(2, _free_port(), scenario, trainable, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, helpers.free_port(), scenario, trainable, str(tmp_path)), nprocs=2, join=True)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -36,12 +35,6 @@ PASSWORD = "K25-known-Pa55word"  # trust authentication accepts it; it must neve
 AWS_SECRET = "K25-known-aws-secret-key"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def read_env_file(path) -> dict[str, str]:
     """The variables `production-local.sh up` wrote (`export A=1 B='x'` lines)."""
     out = {}
@@ -60,8 +53,8 @@ def production(tmp_path, postgres_db_factory, monkeypatch):
         pytest.skip("production-local.sh needs psql and curl")
     home = tmp_path / "prod"
     settings = {"K25_PROD_HOME": str(home), "DAGSTER_PG_DB": postgres_db_factory("k25_prod_dagster"),
-                "K25_MLFLOW_DB": postgres_db_factory("k25_prod_mlflow"), "K25_MLFLOW_PORT": str(free_port()),
-                "K25_S3_PORT": str(free_port()), "K25_BUCKET": "k25-prod"}
+                "K25_MLFLOW_DB": postgres_db_factory("k25_prod_mlflow"), "K25_MLFLOW_PORT": str(helpers.free_port()),
+                "K25_S3_PORT": str(helpers.free_port()), "K25_BUCKET": "k25-prod"}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_TRACKING", "K25_ARTIFACT"))}
     env.update(settings, PYTHON=sys.executable, PATH=f"{os.path.dirname(sys.executable)}:{env['PATH']}")
     up = subprocess.run(["bash", str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=180)

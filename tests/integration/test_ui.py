@@ -1,15 +1,13 @@
 """`dg dev` (as README says) serves the whole asset graph (queried over GraphQL on loopback)."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+import helpers
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -17,21 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 QUERY = '{ assetNodes { assetKey { path } dependencyKeys { path } } }'
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def graphql(port: int, query: str) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def test_dg_dev_serves_the_asset_graph(tmp_path):
-    port = free_port()
+    port = helpers.free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "K25_HOME": str(tmp_path / "k25")}
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     # own process group: dagster dev's daemon and code server must die with it
@@ -42,7 +27,7 @@ def test_dg_dev_serves_the_asset_graph(tmp_path):
         nodes, deadline = None, time.time() + 120
         while time.time() < deadline:
             try:
-                nodes = graphql(port, QUERY)["data"]["assetNodes"]
+                nodes = helpers.graphql(port, QUERY)["assetNodes"]
                 if nodes:
                     break
             except (OSError, KeyError, TypeError):
