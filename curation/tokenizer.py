@@ -16,18 +16,9 @@ from curation.shards import CuratedSet, iter_samples
 from infra import storage
 from infra.progress import Log, track
 from infra.refs import TokenizerRef
+from model.tokens import SPECIAL_TOKENS
 
-PAD = "[PAD]"
-BOS = "[BOS]"
-EOS = "[EOS]"
-SPECIAL_TOKENS = [
-    PAD, BOS, EOS,
-    "<|im_system|>", "<|im_user|>", "<|im_assistant|>", "<|im_middle|>", "<|im_end|>",
-    "<|media_begin|>", "<|media_content|>", "<|media_pad|>", "<|media_end|>",
-    "<think>", "</think>",
-]
 TOKENIZER_FILE = "tokenizer.json"
-ROLE_TOKENS = {"system": "<|im_system|>", "user": "<|im_user|>", "assistant": "<|im_assistant|>"}
 
 
 def tokenizer_digest(uri: str) -> str:
@@ -51,7 +42,7 @@ def train_tokenizer(text_set_uri: str, out_uri: str, vocab_size: int = 4096, log
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,  # ids 0..13, [PAD] = 0
+        special_tokens=SPECIAL_TOKENS,  # ids 0..18 in list order, [PAD] = 0
         initial_alphabet=alphabet,  # all 256 bytes, so any input encodes without an unknown token
         min_frequency=2,
         show_progress=False,
@@ -77,19 +68,3 @@ def load_tokenizer(uri: str, cache_dir: str | Path | None = None) -> Tokenizer:
     if cache_dir is None:
         return Tokenizer.from_str(storage.read_text(uri))
     return Tokenizer.from_file(str(storage.local_copy(uri, cache_dir)))
-
-
-def chat_template(messages: list[dict], add_generation_prompt: bool = False) -> str:
-    """K2.5 chat format: `<|im_user|>user<|im_middle|>hi<|im_end|>` per turn.
-
-    With add_generation_prompt the string ends with an open assistant turn for the model to fill.
-    """
-    parts = []
-    for message in messages:
-        role = message["role"]
-        if role not in ROLE_TOKENS:
-            raise ValueError(f"unknown chat role {role!r}; expected one of {sorted(ROLE_TOKENS)}")
-        parts.append(f"{ROLE_TOKENS[role]}{role}<|im_middle|>{message['content']}<|im_end|>")
-    if add_generation_prompt:
-        parts.append("<|im_assistant|>assistant<|im_middle|>")
-    return "".join(parts)

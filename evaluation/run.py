@@ -32,8 +32,9 @@ from infra.refs import CheckpointRef, MissingReference, MixtureRef
 from infra.settings import default_data_root
 from infra.spec import Block, SpecError, read_spec, write_spec
 from model.multimodal import K25Model
+from model.tokens import Vocab
 from training import checkpoint
-from training.data import Vocab, load_vocab
+from training.data import load_vocab
 from training.policy import prompt_ids
 from training.program import parse_overrides
 from training.reporting import Reporter, fail

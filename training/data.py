@@ -1,5 +1,4 @@
-"""Shared data pieces: the tokenizer's special ids (`Vocab`), the `Batch`
-every loader yields, and the chat (SFT) loader. Pre-training batches stream from
+"""Shared data pieces: the `Batch` every loader yields and the multi-turn chat (SFT) loader. Pre-training batches stream from
 `training/loader.py`.
 """
 
@@ -12,30 +11,9 @@ from pathlib import Path
 
 import torch
 
-from curation.tokenizer import chat_template, load_tokenizer
-
-
-class Vocab:
-    """Special-token ids of a trained tokenizer."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        ids = {t: tokenizer.token_to_id(t) for t in ("[PAD]", "[BOS]", "[EOS]", "<|media_begin|>", "<|media_content|>",
-                                                      "<|media_pad|>", "<|media_end|>", "<|im_end|>", "<|im_assistant|>")}
-        missing = [t for t, i in ids.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer lacks special tokens {missing}")
-        self.pad, self.bos, self.eos = ids["[PAD]"], ids["[BOS]"], ids["[EOS]"]
-        self.media_begin, self.media_content = ids["<|media_begin|>"], ids["<|media_content|>"]
-        self.media_pad, self.media_end, self.im_end = ids["<|media_pad|>"], ids["<|media_end|>"], ids["<|im_end|>"]
-        self.size = tokenizer.get_vocab_size()
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=False)
-
+from agents.chat import render_turns
+from curation.tokenizer import load_tokenizer
+from model.tokens import Vocab
 
 # What each input position of a packed row belongs to (`Batch.modality`). A position's target is
 # the next token of the same document, so it belongs to the same sample.
@@ -70,41 +48,85 @@ def gsm8k_path(data_root: str, split: str) -> Path:
     return path
 
 
+def gsm8k_conversation(example: dict, answer_style: str = "solution") -> list[dict]:
+    """One GSM8K problem as a user -> assistant conversation (the worked solution, or only its
+    `#### N` line)."""
+    answer = example["answer"]
+    if answer_style != "solution":
+        answer = "#### " + answer.rsplit("####", 1)[-1].strip()
+    return [{"role": "user", "content": example["question"]}, {"role": "assistant", "content": answer}]
+
+
+def encode_conversation(messages: list[dict], vocab: Vocab) -> tuple[list[int], list[int]]:
+    """(ids, labels): labels equal the ids on assistant turn bodies (content, tool calls and
+    <|im_end|>) and are -100 on every header and on system, user and tool turns."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for turn in render_turns(messages, vocab):
+        ids += turn.header + turn.body
+        labels += [-100] * len(turn.header) + (turn.body if turn.role == "assistant" else [-100] * len(turn.body))
+    return ids, labels
+
+
 class ChatLoader:
-    """SFT rows: one conversation per row, loss on the assistant turn only."""
+    """Multi-turn SFT batches: whole conversations packed into rows, never split.
 
-    def __init__(self, examples: list[dict], vocab: Vocab, seq_len: int, batch_size: int, seed: int,
-                 dp_rank: int, dp_size: int, answer_style: str = "solution"):
+    A conversation of n ids contributes n - 1 (input, target) positions; a row takes
+    conversations while they fit (attention stays inside each one, like packed pre-training
+    documents) and targets never cross from one conversation into the next. A conversation
+    longer than a row cannot be packed without splitting it: it is set aside (`too_long`, counted
+    and reported at start-up), never cut. Batches are a pure function of (seed, rank, step)."""
+
+    def __init__(self, conversations: list[list[dict]], vocab: Vocab, seq_len: int, batch_size: int, seed: int,
+                 dp_rank: int, dp_size: int):
         self.vocab, self.seq_len, self.batch_size, self.seed, self.dp_rank = vocab, seq_len, batch_size, seed, dp_rank
-        self.answer_style = answer_style
-        self.rows = [self._encode(ex) for i, ex in enumerate(examples) if i % dp_size == dp_rank]
+        self.rows: list[tuple[list[int], list[int]]] = []
+        self.too_long: list[int] = []  # indices (into `conversations`) that exceed a row
+        for i, conv in enumerate(conversations):
+            if i % dp_size != dp_rank:
+                continue
+            ids, labels = encode_conversation(conv, vocab)
+            if len(ids) - 1 > seq_len:
+                self.too_long.append(i)
+            elif any(t != -100 for t in labels):
+                self.rows.append((ids, labels))
         if not self.rows:
-            raise ValueError("no SFT examples for this rank")
-
-    def _encode(self, ex: dict) -> tuple[list[int], list[int]]:
-        prompt = self.vocab.encode(chat_template([{"role": "user", "content": ex["question"]}], add_generation_prompt=True))
-        text = ex["answer"] if self.answer_style == "solution" else "#### " + ex["answer"].rsplit("####", 1)[-1].strip()
-        answer = self.vocab.encode(text) + [self.vocab.im_end]
-        toks = (prompt + answer)[: self.seq_len + 1]
-        labels = ([-100] * len(prompt) + answer)[: self.seq_len + 1]
-        return toks, labels
+            raise ValueError(f"no SFT conversation fits a {seq_len}-token row on rank {dp_rank} "
+                             f"({len(self.too_long)} too long)")
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "dp_rank": self.dp_rank}
 
     def batch(self, step: int) -> Batch:
         rng = random.Random(f"{self.seed}:{self.dp_rank}:{step}")
-        picks = [self.rows[rng.randrange(len(self.rows))] for _ in range(self.batch_size)]
         T, pad = self.seq_len, self.vocab.pad
-        tokens, targets = [], []
-        for toks, labels in picks:
-            fill = T + 1 - len(toks)
-            toks, labels = toks + [pad] * fill, labels + [-100] * fill
-            tokens.append(toks[:-1])
-            targets.append(labels[1:])
-        tokens_t = torch.tensor(tokens)
-        mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None].expand(len(picks), 1, T, T)
-        n_text = int((tokens_t != pad).sum())
+        tokens, targets, docs = [], [], []
+        carry = None
+        for _ in range(self.batch_size):
+            row_t, row_y, row_d = [], [], []
+            n_doc = 0
+            while True:
+                ids, labels = carry if carry is not None else self.rows[rng.randrange(len(self.rows))]
+                carry = None
+                if row_t and len(row_t) + len(ids) - 1 > T:
+                    carry = (ids, labels)  # starts the next row
+                    break
+                n_doc += 1
+                row_t += ids[:-1]
+                row_y += labels[1:]
+                row_d += [n_doc] * (len(ids) - 1)
+                if len(row_t) >= T:
+                    break
+            fill = T - len(row_t)
+            tokens.append(row_t + [pad] * fill)
+            targets.append(row_y + [-100] * fill)
+            docs.append(row_d + [0] * fill)
+        tokens_t, doc = torch.tensor(tokens), torch.tensor(docs)
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        # inside one conversation; a padding position sees itself only (no all-masked row)
+        mask = ((causal[None] & (doc[:, :, None] == doc[:, None, :]) & (doc[:, None, :] > 0))
+                | torch.eye(T, dtype=torch.bool)[None])[:, None]
+        n_text = int((doc > 0).sum())
         return Batch(tokens_t, torch.tensor(targets), mask, [], n_text, 0)
 
 

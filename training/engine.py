@@ -29,8 +29,9 @@ from infra import storage
 from infra.spec import spec_params
 from infra.tracking import DatasetRef
 from model.multimodal import K25Model
+from model.tokens import Vocab
 from training import checkpoint
-from training.data import Vocab, load_vocab
+from training.data import load_vocab
 from training.expert_parallel import ExpertParallelMoE, apply_expert_parallel, gather_moe_state_dict, sync_gradients
 from training.expert_parallel import grad_norm as ep_grad_norm
 from training.muonclip import MuonClip, enable_max_logit_recording, muon_param_groups, qk_clip, read_max_logits

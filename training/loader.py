@@ -48,8 +48,9 @@ import torch
 
 from curation.shards import CuratedSet, decode_sample, tar_groups
 from infra import storage
+from model.tokens import Vocab
 from model.vision import vision_token_count
-from training.data import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISION, Batch, Vocab
+from training.data import MODALITY_PAD, MODALITY_TEXT, MODALITY_VISION, Batch
 
 VISION_MODALITIES = ("image_text", "video")
 MIN_TEXT_PIECE = 8

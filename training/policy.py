@@ -7,9 +7,9 @@ import re
 
 import torch
 
-from curation.tokenizer import chat_template
+from agents.chat import render
 from model.multimodal import K25Model
-from training.data import Vocab
+from model.tokens import Vocab
 
 _FINAL = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)")
 
@@ -40,7 +40,7 @@ def math_reward(response: str, reference: str, format_reward: float) -> tuple[fl
 
 
 def prompt_ids(vocab: Vocab, question: str) -> list[int]:
-    return vocab.encode(chat_template([{"role": "user", "content": question}], add_generation_prompt=True))
+    return render([{"role": "user", "content": question}], vocab, add_generation_prompt=True)
 
 
 def sequence_logprobs(model: K25Model, prompts: list[list[int]], responses: list[list[int]], pad_id: int):

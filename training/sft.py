@@ -11,7 +11,7 @@ by default only through the data: no media tokens reach the model.
 
 from __future__ import annotations
 
-from training.data import ChatLoader, gsm8k_path, read_jsonl
+from training.data import ChatLoader, gsm8k_conversation, gsm8k_path, read_jsonl
 from training.engine import Engine
 from training.program import program_args
 
@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     examples = read_jsonl(gsm8k_path(run.data_root, "train"))  # fails before the process group starts
     engine = Engine(spec, run)
     cfg = engine.spec
-    loader = ChatLoader(examples, engine.vocab, cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed, engine.rank, engine.world,
-                        cfg.sft.answer_style)
+    conversations = [gsm8k_conversation(ex, cfg.sft.answer_style) for ex in examples]
+    loader = ChatLoader(conversations, engine.vocab, cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed,
+                        engine.rank, engine.world)
     device = engine.device
 
     def step_fn(step: int):

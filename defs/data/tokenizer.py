@@ -12,7 +12,7 @@ class TokenizerRunConfig(dg.Config):
     vocab_size: int = 0  # 0: the run profile's size
 
 
-@dg.asset(group_name="data", code_version="tokenizer-v1", kinds={"python"}, deps=["text_corpus"],
+@dg.asset(group_name="data", code_version="tokenizer-v2", kinds={"python"}, deps=["text_corpus"],
           check_specs=check_specs("tokenizer", ("special_tokens_single_ids",)))
 def tokenizer(context: dg.AssetExecutionContext, config: TokenizerRunConfig, profile: RunProfile,
               artifacts: ArtifactStore, mlflow: MlflowTracking) -> dg.MaterializeResult:

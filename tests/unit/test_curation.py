@@ -13,9 +13,10 @@ from curation.image_text import ImageCurationConfig, curate_image_text, navit_re
 from curation.mixture import build_mixture
 from curation.shards import CuratedSet, iter_samples, read_manifest, text_sample, write_shards
 from curation.text import TextCurationConfig, curate_text, normalize, split_long
-from curation.tokenizer import SPECIAL_TOKENS, chat_template, load_tokenizer, train_tokenizer
+from curation.tokenizer import load_tokenizer, train_tokenizer
 from curation.video import VideoCurationConfig, curate_video
 from infra import storage
+from model.tokens import SPECIAL_TOKENS
 from model.vision import navit_resize_size, vision_token_count
 
 TEXT_CFG = TextCurationConfig(max_docs_per_source=40, max_chars=4000, shard_maxcount=25)
@@ -233,19 +234,10 @@ def test_broken_video_is_counted_as_rejected(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Tokenizer and mixture
 
-def test_tokenizer_special_tokens_and_chat_template(tmp_path, tokenizer):
+def test_tokenizer_special_tokens_are_single_ids_in_order(tmp_path, tokenizer):
     tok = load_tokenizer(tokenizer.uri)
     assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
-    text = chat_template([{"role": "system", "content": "Be brief."},
-                          {"role": "user", "content": "Who created the heaven?"},
-                          {"role": "assistant", "content": "<think></think>God."}])
-    assert text.startswith("<|im_system|>system<|im_middle|>Be brief.<|im_end|><|im_user|>user<|im_middle|>")
-    ids = tok.encode(text).ids
-    assert ids.count(tok.token_to_id("<|im_end|>")) == 3  # specials are single tokens
-    assert tok.decode(ids, skip_special_tokens=False).replace(" ", "") == text.replace(" ", "")
     assert tok.decode(tok.encode("In the beginning ünïcode").ids) == "In the beginning ünïcode"
-    with pytest.raises(ValueError, match="unknown chat role"):
-        chat_template([{"role": "tool", "content": "x"}])
 
 
 def test_mixture_digest_tracks_sources(tmp_path, text_set, image_set, video_set, tokenizer):
