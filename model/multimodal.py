@@ -59,8 +59,12 @@ class K25Model(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
-                 temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> list[list[int]]:
-        """Batched text generation with the MLA latent cache: one prefill, then one token per step.
+                 temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                 vision_items: list[torch.Tensor] | None = None) -> list[list[int]]:
+        """Static batched generation with the MLA latent cache: one prefill, then one token per
+        step. `vision_items` are the prompts' media in placeholder order (row by row); each item's
+        `<|media_pad|>` run gets its vision tokens as in training. (Rollouts use the batching
+        engine, agents/engine.py; this is the simple reference it is tested against.)
 
         Prompts are left-padded; pad keys are masked out and position ids count real tokens only,
         so each row continues exactly as its prompt would alone. A prompt longer than max_seq_len
@@ -71,6 +75,8 @@ class K25Model(nn.Module):
         if not prompts or max_new_tokens <= 0:
             return [[] for _ in prompts]
         device, dtype = self.backbone.head.weight.device, self.backbone.head.weight.dtype
+        if vision_items and any(len(p) > self.cfg.max_seq_len for p in prompts):
+            raise ValueError("a prompt with media must fit max_seq_len (cutting it could split a media run)")
         prompts = [list(p)[-self.cfg.max_seq_len:] for p in prompts]
         B, width = len(prompts), max(len(p) for p in prompts)
         pad_id = 1 if self.media_pad_id == 0 else 0  # any id but the placeholder (embed rejects it)
@@ -83,7 +89,7 @@ class K25Model(nn.Module):
         causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
         mask = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
         cache = LatentKVCache.for_model(self.cfg, B, width + max_new_tokens, device, dtype)
-        hidden = self.backbone.forward_hidden(self.embed(tokens, None), mask[:, None], positions, cache)
+        hidden = self.backbone.forward_hidden(self.embed(tokens, vision_items), mask[:, None], positions, cache)
         # Decoding masks: every real key so far; the new token is always real.
         keys = torch.cat([real, torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)], dim=1)
         next_pos = n_pad.new_tensor([len(p) for p in prompts])
