@@ -268,7 +268,7 @@ def score(example: Example, output: str | None, *, timeout_s: float = 10, memory
         extracted = scorers.extract_choice(output, len(MMLU_CHOICES))
         return {"extracted": extracted, "score": float(extracted == example.reference)}
     if example.kind == "code":
-        from evaluation.sandbox import check_humaneval
+        from agents.sandbox import check_humaneval
 
         completion = extract_code(output)
         result = check_humaneval(example.meta, completion, timeout_s=timeout_s, memory_mb=memory_mb)

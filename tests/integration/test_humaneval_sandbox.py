@@ -21,7 +21,7 @@ def suite(name: str, cache: dict):
 
 
 def test_humaneval_oracle_scores_100_and_wrong_scores_0_in_the_sandbox(loaded):
-    from evaluation.sandbox import SandboxUnavailable
+    from agents.sandbox import SandboxUnavailable
 
     examples = suite("humaneval", loaded)
     try:
@@ -37,7 +37,7 @@ def test_humaneval_oracle_scores_100_and_wrong_scores_0_in_the_sandbox(loaded):
 
 
 def test_humaneval_accepts_a_chat_style_fenced_full_function(loaded):
-    from evaluation.sandbox import SandboxUnavailable
+    from agents.sandbox import SandboxUnavailable
 
     ex = suite("humaneval", loaded)[0]
     full = ex.prompt + ex.meta["canonical_solution"]

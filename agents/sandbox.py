@@ -34,9 +34,10 @@ unknown CPU architecture for pivot_root, a privilege drop that did not take), `S
 is raised and the code is never executed.
 
 What it does not enforce: no seccomp syscall filter (the kernel attack surface is the normal one
-for an unprivileged user, who may still create nested user namespaces); no cgroup memory or CPU
-share limits (RLIMIT_AS is per process, so up to `max_processes` x `memory_mb` in the worst case);
-read access to the read-only system folders and the interpreter prefix.
+for an unprivileged user, who may still create nested user namespaces); no CPU share limit (CPU
+time is capped per process by RLIMIT_CPU); read access to the read-only system folders and the
+interpreter prefix. Memory is capped twice: RLIMIT_AS per process and a memory cgroup for the
+run's processes together (no cgroup available: it refuses to run).
 
 Result statuses
 ---------------
@@ -61,6 +62,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -72,6 +74,7 @@ STATUSES = ("passed", "failed", "timeout", "error")
 # pivot_root(2) has no glibc wrapper; its syscall number depends on the architecture
 _PIVOT_ROOT_SYSCALL = {"x86_64": 155, "aarch64": 41}
 _HOST_GRACE_S = 20.0  # extra time the host waits for the sandbox's own timer before killing it
+_INIT_ALLOWANCE_MB = 64  # the sandbox's own init and bootstrap, on top of the program's memory_mb
 _OUTPUT_TAIL = 4000  # characters of program output kept in `detail`
 # each run gets its own uid so RLIMIT_NPROC counts only that run's processes
 _UID_BASE = 1_500_000_000
@@ -136,10 +139,17 @@ def expose(src, root):
 def build_root(code):
     root = cfg["root"]
     mount("tmpfs", root, "tmpfs", NOSUID | NODEV, "size=4m,mode=0755")
+    # /tmp first: read-only paths under /tmp are then bound inside it (mounting /tmp after them
+    # failed with EEXIST, and would have hidden them)
+    os.mkdir(root + "/tmp")
+    mount("tmpfs", root + "/tmp", "tmpfs", NOSUID | NODEV, "size=%dm,mode=1777" % cfg["tmp_mb"])
     for src in cfg["ro_paths"]:
         if not os.path.lexists(src):
             raise FileNotFoundError("read-only path to expose does not exist: " + src)
         expose(src, root)
+    for src, dst in cfg.get("ro_binds", ()):  # host folders shown at another path (e.g. site-packages)
+        os.makedirs(root + dst)
+        bind_ro(src, root + dst)
     dev = root + "/dev"
     os.mkdir(dev)
     mount("tmpfs", dev, "tmpfs", NOSUID | NOEXEC, "size=64k,mode=0755")
@@ -152,10 +162,9 @@ def build_root(code):
     mount(None, dev, None, REMOUNT | RDONLY | NOSUID | NOEXEC)
     os.mkdir(root + "/proc")
     mount("proc", root + "/proc", "proc", NOSUID | NODEV | NOEXEC)
-    os.mkdir(root + "/tmp")
-    mount("tmpfs", root + "/tmp", "tmpfs", NOSUID | NODEV, "size=%dm,mode=1777" % cfg["tmp_mb"])
-    with open(root + "/tmp/main.py", "wb") as f:
-        f.write(code)
+    if cfg["mode"] == "program":
+        with open(root + "/tmp/main.py", "wb") as f:
+            f.write(code)
     mount(None, root, None, REMOUNT | RDONLY | NOSUID | NODEV)
     os.chdir(root)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it makes it unreachable
@@ -164,8 +173,8 @@ def build_root(code):
     os.chdir("/")
     libc.sethostname(b"sandbox", 7)
 
-def drop_and_exec():
-    uid = cfg["uid"]
+def drop_privileges(uid, limits):
+    """Become `uid` for good (no capabilities, no way back) under the rlimits in `limits`."""
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
     os.setgroups([])
@@ -176,18 +185,25 @@ def drop_and_exec():
         caps = {k: v.strip() for k, v in (ln.split(":", 1) for ln in f) if k.startswith("Cap")}
     if os.getuid() != uid or os.geteuid() != uid or int(caps["CapEff"], 16) or int(caps["CapPrm"], 16):
         raise PermissionError("privilege drop did not take: uid %d caps %s" % (os.geteuid(), caps))
-    cpu = cfg["cpu_s"]
+    cpu = limits["cpu_s"]
     for res, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)),
-                       (resource.RLIMIT_AS, (cfg["memory_bytes"],) * 2),
-                       (resource.RLIMIT_NPROC, (cfg["max_processes"],) * 2),
-                       (resource.RLIMIT_FSIZE, (cfg["max_file_bytes"],) * 2),
+                       (resource.RLIMIT_AS, (limits["memory_bytes"],) * 2),
+                       (resource.RLIMIT_NPROC, (limits["max_processes"],) * 2),
+                       (resource.RLIMIT_FSIZE, (limits["max_file_bytes"],) * 2),
                        (resource.RLIMIT_NOFILE, (256, 256)),
                        (resource.RLIMIT_CORE, (0, 0))):
         resource.setrlimit(res, value)
     os.chdir("/tmp")
+
+def drop_and_exec():
+    drop_privileges(cfg["uid"], cfg)
     os.set_inheritable(FD, False)  # the status pipe closes at exec: the program cannot forge it
     exe = cfg["python"]
     env = {"HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    if cfg.get("site_paths"):  # `-I` ignores PYTHONPATH: put the read-only site-packages on sys.path
+        launcher = ("import sys, runpy; sys.path[:0] = %r; sys.argv = ['/tmp/main.py']; "
+                    "runpy.run_path('/tmp/main.py', run_name='__main__')" % (cfg["site_paths"],))
+        os.execve(exe, [exe, "-I", "-S", "-B", "-c", launcher], env)
     os.execve(exe, [exe, "-I", "-S", "-B", "/tmp/main.py"], env)
 
 class Timeout(Exception):
@@ -205,6 +221,12 @@ def init(code):
         report("setup-error %s" % (e,))
         os._exit(70)
     report("ready")
+    if cfg["mode"] == "zygote":  # the code is our trusted kernel server (agents/kernel.py), run as PID 1
+        try:
+            exec(compile(code, "<zygote>", "exec"), globals())
+        except BaseException as e:
+            report("zygote-error %s" % (e,))
+        os._exit(0)
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, cfg["timeout_s"])
     child = os.fork()
@@ -230,6 +252,9 @@ def init(code):
     os._exit(0)
 
 def main():
+    if cfg.get("cgroup_procs"):  # join the run's memory cgroup first: every process below inherits it
+        with open(cfg["cgroup_procs"], "w") as f:
+            f.write(str(os.getpid()))
     code = sys.stdin.buffer.read()
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the host process
     os.umask(0o022)
@@ -269,6 +294,107 @@ def _ro_paths(extra: tuple[str, ...]) -> list[str]:
         if not any(p == c or p.startswith(c.rstrip("/") + "/") for c in real_parents):
             chosen.append(p)
     return chosen
+
+
+class MemoryCgroup:
+    """A memory cgroup holding every process of one sandbox run, so their TOTAL memory is capped
+    (RLIMIT_AS is per process: six processes of 200 MiB each passed a 256 MiB limit without
+    it). cgroup v2 (`memory.max`) where its memory controller is available, else the v1 memory
+    hierarchy (`memory.limit_in_bytes`, and the memory+swap limit where it exists)."""
+
+    def __init__(self, limit_mb: int):
+        parent, version = _memory_cgroup_parent()
+        self.path = os.path.join(parent, f"k25-sandbox-{os.getpid()}-{next(_cgroup_counter)}")
+        self.version = version
+        limit = str(int(limit_mb) << 20)
+        try:
+            os.mkdir(self.path)
+            if version == 2:
+                _write(os.path.join(self.path, "memory.max"), limit)
+                if os.path.exists(os.path.join(self.path, "memory.swap.max")):
+                    _write(os.path.join(self.path, "memory.swap.max"), "0")
+            else:
+                _write(os.path.join(self.path, "memory.limit_in_bytes"), limit)
+                if os.path.exists(os.path.join(self.path, "memory.memsw.limit_in_bytes")):
+                    _write(os.path.join(self.path, "memory.memsw.limit_in_bytes"), limit)
+        except OSError as e:
+            self.remove()
+            raise SandboxUnavailable(f"could not set up the memory cgroup {self.path}: {e}") from e
+        self.procs = os.path.join(self.path, "cgroup.procs")
+
+    def oom_kills(self) -> int:
+        """Processes the kernel killed for hitting the cap (0 where the kernel does not count)."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
+        try:
+            with open(os.path.join(self.path, name)) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except OSError:
+            pass
+        return 0
+
+    def remove(self, limit_s: float = 5.0) -> None:
+        deadline = time.monotonic() + limit_s
+        while os.path.isdir(self.path):
+            try:
+                os.rmdir(self.path)
+            except OSError:  # EBUSY while the last processes finish exiting
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
+
+
+_cgroup_counter = itertools.count()
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _memory_cgroup_parent() -> tuple[str, int]:
+    """The folder of this process's own memory cgroup (children are created inside it) and the
+    cgroup version; SandboxUnavailable when no memory controller can be used."""
+    with open("/proc/self/cgroup") as f:
+        own = [line.rstrip("\n").split(":", 2) for line in f]
+    mounts = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, extra = left.split(), right.split()
+            mounts.append((fields[3], fields[4], extra[0], extra[-1]))  # root, mount point, fs type, options
+    for _, controllers, path in own:  # v1 memory hierarchy
+        if "memory" in controllers.split(","):
+            for root, point, fstype, options in mounts:
+                if fstype == "cgroup" and "memory" in options.split(","):
+                    return os.path.normpath(os.path.join(point, os.path.relpath(path, root))), 1
+    for hierarchy, _, path in own:  # unified (v2)
+        if hierarchy == "0":
+            for root, point, fstype, _ in mounts:
+                if fstype == "cgroup2":
+                    folder = os.path.normpath(os.path.join(point, os.path.relpath(path, root)))
+                    try:
+                        with open(os.path.join(folder, "cgroup.controllers")) as f:
+                            if "memory" in f.read().split():
+                                with open(os.path.join(folder, "cgroup.subtree_control")) as g:
+                                    if "memory" not in g.read().split():
+                                        _write(os.path.join(folder, "cgroup.subtree_control"), "+memory")
+                                return folder, 2
+                    except OSError:
+                        continue
+    raise SandboxUnavailable("no usable memory cgroup (v2 memory controller or v1 memory hierarchy) to cap "
+                             "the total memory of a run; nothing was run")
+
+
+def site_package_paths() -> list[str]:
+    """Where this environment's packages live (a venv's site-packages), outside the interpreter
+    prefix that is exposed anyway. Shown read-only at /site/N, not at their host path (which
+    would reveal the host's folder names)."""
+    paths = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}
+    base = os.path.realpath(sys.base_prefix) + "/"
+    return sorted(p for p in paths if os.path.isdir(p) and not p.startswith(base))
 
 
 def _preflight() -> int:
@@ -314,7 +440,7 @@ def _read_all(fd: int) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def _result(lines: list[str], timeout_s: float, output: str, host_timed_out: bool) -> SandboxResult:
+def _result(lines: list[str], timeout_s: float, output: str, host_timed_out: bool, oom_kills: int = 0) -> SandboxResult:
     """Map the bootstrap's status lines to a result (see the module docstring)."""
     for line in lines:
         if line.startswith("setup-error"):
@@ -335,6 +461,8 @@ def _result(lines: list[str], timeout_s: float, output: str, host_timed_out: boo
             return SandboxResult("passed", output)
         return SandboxResult("failed", f"exit status {code}\n{output}")
     sig = int(value)
+    if sig == signal.SIGKILL and oom_kills:
+        return SandboxResult("failed", f"killed: out of memory (the run's total memory cap)\n{output}")
     if sig in (signal.SIGXCPU, signal.SIGKILL):  # RLIMIT_CPU sends SIGXCPU, then SIGKILL
         return SandboxResult("timeout", f"CPU-time limit exceeded ({signal.Signals(sig).name})\n{output}")
     name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
@@ -342,15 +470,20 @@ def _result(lines: list[str], timeout_s: float, output: str, host_timed_out: boo
 
 
 def run_untrusted(code: str, timeout_s: float, memory_mb: int, *, max_processes: int = 32,
-                  max_file_mb: int = 16, tmp_mb: int = 64, ro_paths: tuple[str, ...] = ()) -> SandboxResult:
+                  max_file_mb: int = 16, tmp_mb: int = 64, ro_paths: tuple[str, ...] = (),
+                  site_packages: bool = False) -> SandboxResult:
     """Run `code` as a Python program inside the sandbox (see the module docstring).
 
     `timeout_s` is wall-clock time, measured inside the sandbox from just before the program
     starts; `memory_mb` is the address-space limit of each process; `max_processes` caps the
     processes and threads of the run; `max_file_mb` caps any single file and the captured output;
     `tmp_mb` sizes the writable /tmp; `ro_paths` are extra host paths exposed read-only at the same
-    place. Raises SandboxUnavailable (without running anything) when isolation cannot be set up."""
+    place; `site_packages` makes this environment's installed packages (numpy...) importable
+    (read-only, at /site/N). The run's processes together may use `memory_mb` plus a small allowance for the
+    sandbox's own init (a memory cgroup). Raises SandboxUnavailable (without running anything)
+    when isolation cannot be set up."""
     pivot_nr = _preflight()
+    cgroup = MemoryCgroup(int(memory_mb) + _INIT_ALLOWANCE_MB)
     staging = tempfile.mkdtemp(prefix="k25-sandbox-")
     os.mkdir(os.path.join(staging, "root"))  # mount point of the sandbox root, only inside it
     out_path = os.path.join(staging, "output.txt")
@@ -359,7 +492,11 @@ def run_untrusted(code: str, timeout_s: float, memory_mb: int, *, max_processes:
            "python": _interpreter(), "uid": _next_uid(), "timeout_s": float(timeout_s),
            "cpu_s": max(1, math.ceil(timeout_s)) + 1, "memory_bytes": int(memory_mb) << 20,
            "max_processes": int(max_processes), "max_file_bytes": int(max_file_mb) << 20,
-           "tmp_mb": int(tmp_mb), "pivot_root_nr": pivot_nr}
+           "tmp_mb": int(tmp_mb), "pivot_root_nr": pivot_nr, "mode": "program", "cgroup_procs": cgroup.procs}
+    if site_packages:
+        site = site_package_paths()
+        cfg["ro_binds"] = [[p, f"/site/{i}"] for i, p in enumerate(site)]
+        cfg["site_paths"] = [f"/site/{i}" for i in range(len(site))]
     try:
         with open(out_path, "wb") as out:
             # start_new_session: the bootstrap and its init share a process group we can kill
@@ -378,12 +515,13 @@ def run_untrusted(code: str, timeout_s: float, memory_mb: int, *, max_processes:
         lines = _read_all(status_r).splitlines()
         if host_timed_out:
             _wait_namespace_gone(lines)
-        return _result(lines, timeout_s, _tail(out_path), host_timed_out)
+        return _result(lines, timeout_s, _tail(out_path), host_timed_out, cgroup.oom_kills())
     finally:
         if status_w >= 0:
             os.close(status_w)
         os.close(status_r)
         shutil.rmtree(staging, ignore_errors=True)
+        cgroup.remove()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
