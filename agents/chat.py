@@ -3,10 +3,15 @@ output that never raises.
 
 A conversation is a list of messages (plain dicts, as the data files hold them):
 
-    {"role": "system" | "user", "content": str}
+    {"role": "system" | "user", "content": str, "media": [pixels, ...] (optional)}
     {"role": "assistant", "content": str, "reasoning": str (optional),
      "tool_calls": [{"name": str, "arguments": dict}, ...] (optional)}
-    {"role": "tool", "name": str, "call_index": int, "content": str}
+    {"role": "tool", "name": str, "call_index": int, "content": str, "media": [...] (optional)}
+
+Media items (HxWx3 uint8 images or TxHxWx3 video chunks, as arrays or tensors) render before
+the text as `<|media_begin|>image<|media_content|>` + one `<|media_pad|>` per vision token +
+`<|media_end|>`, exactly as the pre-training loader lays them out; `media_of(messages)` lists
+them in placeholder order for the model's `vision_items`.
 
 An assistant turn renders as
 
@@ -45,6 +50,20 @@ class RenderedTurn:
     body: list[int]
 
 
+def media_ids(item, vocab: Vocab) -> list[int]:
+    """The placeholder run of one image ([H, W, 3]) or video chunk ([T, H, W, 3])."""
+    from model.vision import vision_token_count
+
+    shape = tuple(item.shape)
+    kind = "video" if len(shape) == 4 else "image"
+    return ([vocab.media_begin] + vocab.encode(kind) + [vocab.media_content]
+            + [vocab.media_pad] * vision_token_count(shape[-3], shape[-2]) + [vocab.media_end])
+
+
+def media_of(messages: list[dict]) -> list:
+    return [item for m in messages for item in (m.get("media") or ())]
+
+
 def call_id(name: str, index: int) -> str:
     return f"functions.{name}:{index}"
 
@@ -69,6 +88,10 @@ def render_turns(messages: list[dict], vocab: Vocab) -> list[RenderedTurn]:
             body = tool_body(message, vocab)
         else:
             body = vocab.encode(message.get("content", "")) + [vocab.im_end]
+        if message.get("media"):
+            if role == "assistant":
+                raise ValueError(f"message {i}: an assistant turn cannot carry media")
+            body = [t for item in message["media"] for t in media_ids(item, vocab)] + body
         turns.append(RenderedTurn(role, vocab.role_header(role), body))
     return turns
 
