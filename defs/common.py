@@ -18,7 +18,7 @@ import pydantic
 
 from defs.resources import ArtifactStore, MlflowTracking, RunProfile, TorchrunLauncher
 from infra import storage
-from infra.refs import CheckpointRef, MissingReference, MixtureRef, plain_metadata
+from infra.refs import CheckpointRef, MissingReference, MixtureRef, ToolDataRef, plain_metadata
 from infra.settings import default_data_root
 from infra.spec import SpecError, block_class, spec_params, write_spec
 from infra.tracking import DatasetRef
@@ -149,6 +149,9 @@ def resolve_or_fail(resolve, *args):
         raise dg.Failure(description=str(e)) from e
 
 
+TOOL_DATA_STAGES = ("sft",)  # stages that read sft_tool_data's executed traces
+
+
 def run_folder_id(context: dg.AssetExecutionContext) -> str:
     """The run folder is the root run's: "Re-execute" of a stopped or failed run in the UI finds
     the checkpoint its first attempt committed and resumes from it (resume=auto)."""
@@ -170,7 +173,12 @@ def run_training_stage(context: dg.AssetExecutionContext, config: dg.Config, pro
         if init is not None:
             check_profile(init, verified(init, f"checkpoint of {upstream!r}"), profile.name, f"upstream {upstream!r}")
         run_dir = artifacts.uri("checkpoints", stage, run_folder_id(context))
-        inputs = StageInputs(mixture=mixture_ref, run_dir=run_dir, init_from=init)
+        tool_data = None
+        if stage in TOOL_DATA_STAGES:
+            tool_data = upstream_ref(context, "sft_tool_data", ToolDataRef)
+            run.tracker.log_datasets(run.run_id, [DatasetRef("sft_tool_data", verified(tool_data, "sft_tool_data")["digest"],
+                                                             tool_data.uri)])
+        inputs = StageInputs(mixture=mixture_ref, run_dir=run_dir, init_from=init, tool_data=tool_data)
         spec: StageSpec = resolve_or_fail(recipes.resolve_stage, profile.name, stage, stage_overrides(config), inputs)
         spec_uri = write_spec(spec, run_dir)
         run.tracker.log_params(run.run_id, spec_params(spec))
@@ -224,7 +232,9 @@ def training_asset(stage: str, description: str, code_version: str = "train-v3")
     has_phases = any(p.stages[stage].phases for p in map(recipes.load_profile, recipes.PROFILES))
     config_class = stage_config_class(stage, has_phases)
 
-    @dg.asset(name=stage, group_name=stage_info(stage).group, deps=["mixture", *([upstream] if upstream else [])],
+    side = ["sft_tool_data"] if stage in TOOL_DATA_STAGES else []
+
+    @dg.asset(name=stage, group_name=stage_info(stage).group, deps=["mixture", *([upstream] if upstream else []), *side],
               code_version=code_version, kinds={"pytorch"}, pool="gpu", description=description,
               check_specs=check_specs(stage, CHECKPOINT_CHECKS))
     def _stage(context: dg.AssetExecutionContext, config: config_class, profile: RunProfile,  # type: ignore[valid-type]

@@ -122,6 +122,35 @@ class MixtureRef(_Ref):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ToolDataRef(_Ref):
+    """Executed tool traces for SFT (sft_tool_data): tool_data.json + conversations.jsonl."""
+
+    uri: str
+    digest: str
+    KEYS: ClassVar[dict[str, str]] = {"uri": "tool_data_uri", "digest": "digest"}
+
+    def verify(self) -> dict:
+        """The manifest; fails when the traces are gone or differ from the recorded digest."""
+        from agents.sft_data import read_tool_data
+
+        try:
+            manifest, _ = read_tool_data(self.uri)
+        except (FileNotFoundError, ValueError) as e:
+            raise MissingReference(f"tool data {self.uri}: {e}") from e
+        self._expect_digest(manifest["digest"], "tool data")
+        return manifest
+
+    @classmethod
+    def at(cls, uri: str) -> "ToolDataRef":
+        from agents.sft_data import read_tool_data
+
+        try:
+            return cls(uri=uri, digest=read_tool_data(uri)[0]["digest"])
+        except (FileNotFoundError, ValueError) as e:
+            raise MissingReference(f"tool data {uri}: {e}") from e
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckpointRef(_Ref):
     """A committed checkpoint: its folder, the sha256 of its manifest, its MLflow LoggedModel."""
 

@@ -100,8 +100,8 @@ def _tiny() -> Profile:
         # Zero-vision SFT and RL on text: the encoder is frozen (no vision tokens reach it). A tiny
         # model cannot learn 100-token worked solutions in minutes; with final-answer targets it
         # learns the answer format, so RL gets rewards with non-zero variance.
-        "sft": _spec(name, "sft", model, nproc, train=replace_block(llm_only, steps=40),
-                     data=replace_block(text_only, seq_len=256, batch_size=4),
+        "sft": _spec(name, "sft", model, nproc, train=replace_block(llm_only, steps=60),
+                     data=replace_block(text_only, seq_len=512, batch_size=4),
                      optimizer=OptimizerConfig(lr=1e-3), sft=SFTConfig(answer_style="final")),
         "rl": _spec(name, "rl", model, nproc, train=replace_block(llm_only, steps=8), data=text_only,
                     optimizer=OptimizerConfig(lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4), rl=rl),

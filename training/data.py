@@ -77,22 +77,40 @@ class ChatLoader:
     longer than a row cannot be packed without splitting it: it is set aside (`too_long`, counted
     and reported at start-up), never cut. Batches are a pure function of (seed, rank, step)."""
 
-    def __init__(self, conversations: list[list[dict]], vocab: Vocab, seq_len: int, batch_size: int, seed: int,
-                 dp_rank: int, dp_size: int):
+    def __init__(self, conversations: list[list[dict]] | dict[str, list[list[dict]]], vocab: Vocab, seq_len: int,
+                 batch_size: int, seed: int, dp_rank: int, dp_size: int, shares: dict[str, float] | None = None):
+        """`conversations`: one list, or named sources drawn from in proportion to `shares`
+        (a source with share 0 or no conversation on this rank is left out)."""
         self.vocab, self.seq_len, self.batch_size, self.seed, self.dp_rank = vocab, seq_len, batch_size, seed, dp_rank
-        self.rows: list[tuple[list[int], list[int]]] = []
-        self.too_long: list[int] = []  # indices (into `conversations`) that exceed a row
-        for i, conv in enumerate(conversations):
-            if i % dp_size != dp_rank:
-                continue
-            ids, labels = encode_conversation(conv, vocab)
-            if len(ids) - 1 > seq_len:
-                self.too_long.append(i)
-            elif any(t != -100 for t in labels):
-                self.rows.append((ids, labels))
-        if not self.rows:
-            raise ValueError(f"no SFT conversation fits a {seq_len}-token row on rank {dp_rank} "
-                             f"({len(self.too_long)} too long)")
+        sources = conversations if isinstance(conversations, dict) else {"chat": conversations}
+        shares = shares or {name: 1.0 for name in sources}
+        self.sources: dict[str, list[tuple[list[int], list[int]]]] = {}
+        self.too_long: dict[str, list[int]] = {}  # per source, indices that exceed a row
+        for name, convs in sources.items():
+            rows, long = [], []
+            for i, conv in enumerate(convs):
+                if i % dp_size != dp_rank:
+                    continue
+                ids, labels = encode_conversation(conv, vocab)
+                if len(ids) - 1 > seq_len:
+                    long.append(i)
+                elif any(t != -100 for t in labels):
+                    rows.append((ids, labels))
+            self.too_long[name] = long
+            if rows and shares.get(name, 0) > 0:
+                self.sources[name] = rows
+        if not self.sources:
+            n_long = sum(map(len, self.too_long.values()))
+            raise ValueError(f"no SFT conversation fits a {seq_len}-token row on rank {dp_rank} ({n_long} too long)")
+        total = sum(shares[n] for n in self.sources)
+        self.shares = {n: shares[n] / total for n in self.sources}
+        self.rows = [r for rows in self.sources.values() for r in rows]
+
+    def _pick(self, rng: random.Random) -> tuple[list[int], list[int]]:
+        names = list(self.sources)
+        name = rng.choices(names, weights=[self.shares[n] for n in names])[0] if len(names) > 1 else names[0]
+        rows = self.sources[name]
+        return rows[rng.randrange(len(rows))]
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "dp_rank": self.dp_rank}
@@ -106,7 +124,7 @@ class ChatLoader:
             row_t, row_y, row_d = [], [], []
             n_doc = 0
             while True:
-                ids, labels = carry if carry is not None else self.rows[rng.randrange(len(self.rows))]
+                ids, labels = carry if carry is not None else self._pick(rng)
                 carry = None
                 if row_t and len(row_t) + len(ids) - 1 > T:
                     carry = (ids, labels)  # starts the next row

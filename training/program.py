@@ -17,7 +17,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from infra.refs import CheckpointRef, MissingReference, MixtureRef
+from infra.refs import CheckpointRef, MissingReference, MixtureRef, ToolDataRef
 from infra.settings import default_data_root
 from infra.spec import SpecError, read_spec, write_spec
 from training.reporting import fail
@@ -44,6 +44,7 @@ def _parser(stages: tuple[str, ...]) -> argparse.ArgumentParser:
     standalone.add_argument("--mixture", help="URI of mixture.json (data + tokenizer)")
     standalone.add_argument("--run-dir", help="URI of this run's checkpoint folder")
     standalone.add_argument("--init-from", default=None, help="URI of the upstream stage's checkpoint")
+    standalone.add_argument("--tool-data", default=None, help="URI of sft_tool_data's folder (SFT)")
     p.add_argument("--resume", choices=("auto", "must", "never"), default="auto",
                    help="auto: resume from run-dir/latest if present; must: fail if absent")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
@@ -69,7 +70,8 @@ def standalone_spec(a: argparse.Namespace) -> StageSpec:
     if not a.mixture or not a.run_dir:
         raise SpecError("without --spec, --mixture and --run-dir are required")
     inputs = StageInputs(mixture=MixtureRef.at(a.mixture), run_dir=a.run_dir,
-                         init_from=CheckpointRef.at(a.init_from) if a.init_from else None)
+                         init_from=CheckpointRef.at(a.init_from) if a.init_from else None,
+                         tool_data=ToolDataRef.at(a.tool_data) if a.tool_data else None)
     return recipes.resolve_stage(a.profile, a.stage, parse_overrides(a.overrides), inputs)
 
 

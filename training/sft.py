@@ -1,12 +1,14 @@
-"""Zero-vision SFT: text-only chat data, loss on the assistant turn only (RECIPE.md §5).
+"""Zero-vision SFT (RECIPE.md §5): text-only multi-turn SFT with IPython tool calls, loss on the
+assistant turns (tool calls included) only.
 
     torchrun --nproc-per-node 2 -m training.sft --spec <run dir>/spec.json
     torchrun --nproc-per-node 2 -m training.sft --profile tiny --mixture <mixture.json> \
-        --run-dir <uri> --init-from <midtrain checkpoint>
+        --run-dir <uri> --init-from <midtrain checkpoint> [--tool-data <sft_tool_data folder>]
 
-The tiny profile's conversations are GSM8K train problems with their worked solutions; the
-vision encoder is not trained here (zero-vision), which the stage config's `trainable` enforces
-by default only through the data: no media tokens reach the model.
+Rows are drawn from three sources in the shares of `sft.*_share`: the executed IPython image
+traces and program-of-thought GSM8K traces of `sft_tool_data` (images appear only as text: the
+pixels stayed in the kernel), and plain GSM8K chat. No media token reaches the model, so the
+vision encoder sees no data here (zero-vision).
 """
 
 from __future__ import annotations
@@ -14,16 +16,37 @@ from __future__ import annotations
 from training.data import ChatLoader, gsm8k_conversation, gsm8k_path, read_jsonl
 from training.engine import Engine
 from training.program import program_args
+from training.reporting import fail
+
+
+def sft_sources(spec, data_root: str) -> dict[str, list[list[dict]]]:
+    """Conversations per source; read before the process group starts (bad input fails fast)."""
+    examples = read_jsonl(gsm8k_path(data_root, "train"))
+    sources = {"chat": [gsm8k_conversation(ex, spec.sft.answer_style) for ex in examples]}
+    ref = spec.inputs.tool_data
+    if ref is not None:
+        from agents.sft_data import read_tool_data
+        from infra.refs import MissingReference
+
+        try:
+            ref.verify()
+            _, rows = read_tool_data(ref.uri)
+        except (MissingReference, ValueError) as e:
+            fail(f"sft tool data: {e}")
+        sources["tool"] = [r["messages"] for r in rows if r["source"] == "image"]
+        sources["pot"] = [r["messages"] for r in rows if r["source"] == "pot"]
+    return sources
 
 
 def main(argv: list[str] | None = None) -> None:
     spec, run = program_args(("sft",), argv)
-    examples = read_jsonl(gsm8k_path(run.data_root, "train"))  # fails before the process group starts
+    sources = sft_sources(spec, run.data_root)
     engine = Engine(spec, run)
     cfg = engine.spec
-    conversations = [gsm8k_conversation(ex, cfg.sft.answer_style) for ex in examples]
-    loader = ChatLoader(conversations, engine.vocab, cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed,
-                        engine.rank, engine.world)
+    loader = ChatLoader(sources, engine.vocab, cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed,
+                        engine.rank, engine.world, shares=cfg.sft.shares())
+    engine.reporter.log(f"sft sources: {', '.join(f'{n}={len(r)} ({loader.shares[n]:.0%})' for n, r in loader.sources.items())}; "
+                        f"too long for a {cfg.data.seq_len}-token row: {sum(map(len, loader.too_long.values()))}")
     device = engine.device
 
     def step_fn(step: int):

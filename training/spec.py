@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping
 from pydantic import Field, model_validator
 
 from infra import storage
-from infra.refs import CheckpointRef, MixtureRef
+from infra.refs import CheckpointRef, MixtureRef, ToolDataRef
 from infra.spec import Block, SpecError, apply_overrides, parse_value, validated
 from model.config import PRESETS
 
@@ -166,7 +166,22 @@ class CheckpointConfig(Block):
 
 class SFTConfig(Block):
     answer_style: Literal["solution", "final"] = "solution"
-    """SFT targets: the worked GSM8K solution, or only its `#### N` line."""
+    """Targets of the GSM8K chat conversations: the worked solution, or only its `#### N` line."""
+    tool_share: float = Field(0.6, ge=0)
+    """Share of rows drawn from the executed IPython image traces (sft_tool_data) [not stated]."""
+    pot_share: float = Field(0.2, ge=0)
+    """Share drawn from the executed program-of-thought GSM8K traces [not stated]."""
+    chat_share: float = Field(0.2, ge=0)
+    """Share drawn from the plain GSM8K chat conversations [not stated]."""
+
+    @model_validator(mode="after")
+    def _check_shares(self):
+        if self.tool_share + self.pot_share + self.chat_share <= 0:
+            raise ValueError("sft shares must not all be 0")
+        return self
+
+    def shares(self) -> dict[str, float]:
+        return {"tool": self.tool_share, "pot": self.pot_share, "chat": self.chat_share}
 
 
 class RLConfig(Block):
@@ -220,6 +235,8 @@ class StageInputs(Block):
     """This run's checkpoint folder (spec.json lies in it)."""
     init_from: CheckpointRef | None = None
     """The upstream stage's checkpoint (None: fresh weights)."""
+    tool_data: ToolDataRef | None = None
+    """Executed tool traces (sft_tool_data), read by SFT (None: chat data only)."""
 
 
 class Phase(Block):

@@ -179,9 +179,10 @@ def build_maze(rng, split):
     img = np.where(grid[..., None], 255, 0).astype(np.uint8).repeat(3, axis=2)
     img[start], img[goal] = COLORS["green"], COLORS["red"]
     img = img.repeat(MAZE_BLOCK, axis=0).repeat(MAZE_BLOCK, axis=1)
-    q = (f"`img` shows a maze drawn on a grid of {MAZE_BLOCK}x{MAZE_BLOCK}-pixel squares: black squares are walls, "
+    q = ("`img` shows a maze drawn on a grid of equal squares, each four pixels wide: black squares are walls, "
          "white ones are open, the green square is the start and the red one the goal. How many moves (up, down, "
          "left or right, one square each) does the shortest path from start to goal take?")
+    assert MAZE_BLOCK == 4  # the question says "four pixels"
     return q, {"img": img}, steps, {"cells": n}
 
 

@@ -5,8 +5,9 @@ from defs.common import training_asset
 from training.spec import STAGES
 
 DESCRIPTIONS = {
-    "sft": """Zero-vision SFT (RECIPE.md §5): text-only chat SFT, loss on the assistant turn only;
-the vision encoder is frozen and sees no data.""",
+    "sft": """Zero-vision SFT (RECIPE.md §5): text-only multi-turn SFT on executed IPython traces
+(sft_tool_data: image tasks whose pixels stay in the kernel, program-of-thought GSM8K) and GSM8K
+chat, loss on assistant turns and tool calls only; the vision encoder is frozen and sees no data.""",
     "rl": """RL with the K2.5 policy objective (RECIPE.md §6.1): group-mean baseline, token-level
 ratio masking in [alpha, beta], squared log-ratio penalty; rule-based rewards on GSM8K train.""",
     "parl": """PARL for the Agent Swarm (RECIPE.md §7): the orchestrator learns how many frozen
@@ -14,4 +15,8 @@ sub-agents to launch on wide-search bundles, rewarded by lambda1*r_parallel + la
 r_perf with annealed lambdas, under a critical-steps budget.""",
 }
 
-POSTTRAIN_ASSETS = [training_asset(s.name, DESCRIPTIONS[s.name]) for s in STAGES if s.group == "posttrain"]
+CODE_VERSIONS = {"sft": "sft-v2"}  # v2: tool calls, multi-turn packing, sft_tool_data
+
+POSTTRAIN_ASSETS = [training_asset(s.name, DESCRIPTIONS[s.name], **({"code_version": CODE_VERSIONS[s.name]}
+                                                                     if s.name in CODE_VERSIONS else {}))
+                    for s in STAGES if s.group == "posttrain"]

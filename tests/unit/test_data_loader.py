@@ -99,6 +99,19 @@ def test_chat_loader_is_deterministic_and_sharded(vocab):
 def test_a_conversation_longer_than_a_row_is_set_aside_not_cut(vocab):
     long = gsm8k_conversation({"question": "word " * 200, "answer": "x\n#### 1"})
     loader = ChatLoader([long] + _conversations(), vocab, seq_len=64, batch_size=2, seed=0, dp_rank=0, dp_size=1)
-    assert loader.too_long == [0] and len(loader.rows) == 3
+    assert loader.too_long == {"chat": [0]} and len(loader.rows) == 3
     with pytest.raises(ValueError, match="1 too long"):
         ChatLoader([long], vocab, seq_len=64, batch_size=1, seed=0, dp_rank=0, dp_size=1)
+
+
+def test_named_sources_are_drawn_in_proportion_to_their_shares(vocab):
+    sources = {"tool": [TOOL_CONVERSATION], "chat": _conversations()}
+    loader = ChatLoader(sources, vocab, seq_len=256, batch_size=1, seed=0, dp_rank=0, dp_size=1,
+                        shares={"tool": 0.8, "chat": 0.2})
+    tool_ids = encode_conversation(TOOL_CONVERSATION, vocab)[0][:-1]
+    assert list(loader.sources) == ["tool", "chat"]
+    firsts = [loader.batch(s).tokens[0, : len(tool_ids)].tolist() == tool_ids for s in range(300)]
+    assert 0.7 < sum(firsts) / 300 < 0.9
+    only_chat = ChatLoader(sources, vocab, seq_len=256, batch_size=1, seed=0, dp_rank=0, dp_size=1,
+                           shares={"tool": 0.0, "chat": 1.0})
+    assert list(only_chat.sources) == ["chat"]

@@ -16,7 +16,8 @@ EXPECTED_DEPS = {
     "vit_warmup": {"mixture"},
     "joint_pretrain": {"mixture", "vit_warmup"},
     "midtrain": {"mixture", "joint_pretrain"},
-    "sft": {"mixture", "midtrain"},
+    "sft_tool_data": set(),  # executed IPython traces, built from photos on disk and GSM8K
+    "sft": {"mixture", "midtrain", "sft_tool_data"},
     "rl": {"mixture", "sft"},
     "parl": {"mixture", "rl"},
     # one evaluation per evaluated stage, whose real input is that stage
