@@ -17,6 +17,7 @@ from infra.spec import Block
 
 TEXT_SUITES = ("gsm8k", "math500", "aime24", "aime25", "amc23", "mmlu", "humaneval")
 VISION_SUITES = ("digits_caption_retrieval", "skimage_caption_retrieval", "video_clip_qa")
+AGENT_SUITES = ("ipython_tools",)
 ALL_SUITES = TEXT_SUITES + VISION_SUITES
 
 
@@ -45,6 +46,12 @@ class EvalConfig(Block):
     """Address-space limit of one HumanEval program [not stated]."""
     seed: int = 0
     """Seeds sampling."""
+    agent_suites: tuple[str, ...] = AGENT_SUITES
+    """Suites run through the agent loop with real tools (evaluation/agent_suites.py)."""
+    agent_stages: tuple[str, ...] = ("sft", "rl", "parl")
+    """Checkpoints of these stages also run `agent_suites` (a pre-trained model has no tool use)."""
+    agent_limit: int = Field(0, ge=0)
+    """Tasks per agent suite, spread evenly over its families (0 = 24 per family)."""
 
     def samples_for(self, suite: str) -> int:
         return parse_samples(self.samples_per_suite).get(suite, self.samples)
@@ -54,6 +61,9 @@ class EvalConfig(Block):
         unknown = [s for s in self.suites if s not in ALL_SUITES]
         if unknown or not self.suites:
             raise ValueError(f"suites must be a non-empty subset of {ALL_SUITES} (unknown: {unknown})")
+        unknown_agent = [s for s in self.agent_suites if s not in AGENT_SUITES]
+        if unknown_agent:
+            raise ValueError(f"agent_suites must be a subset of {AGENT_SUITES} (unknown: {unknown_agent})")
         bad = [s for s in parse_samples(self.samples_per_suite) if s not in ALL_SUITES]
         if bad:
             raise ValueError(f"samples_per_suite names unknown suites {bad}")

@@ -161,6 +161,10 @@ def summarize(df: pd.DataFrame, cfg: EvalConfig) -> dict[str, float]:
         out[f"{suite}/accuracy"] = float(per_example.mean())
         out[f"{suite}/n"] = float(len(per_example))
         out[f"{suite}/samples"] = float(cfg.samples_for(suite) if suite in TEXT_SUITES else 1)
+        if "arm" in part and part["arm"].notna().any():  # agent suites: accuracy is the tool arm's
+            tool = part[part["arm"] == "tool"].groupby("id")["score"].mean()
+            out[f"{suite}/accuracy"] = float(tool.mean())
+            out[f"{suite}/n"] = float(len(tool))
         if suite == "humaneval":
             counts = part.groupby("id")["score"].agg(["count", "sum"])
             for kk in sorted({1, cfg.samples_for(suite)}):
@@ -189,13 +193,20 @@ def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig) -> tuple[s
     plt.close(fig)
     rows = []
     for suite in acc:
-        kind = "vision substitute" if suite in VISION_SUITES else "benchmark"
+        kind = ("vision substitute" if suite in VISION_SUITES else
+                "agent, held-out image tasks" if suite == "ipython_tools" else "benchmark")
         extra = f" (pass@1 {metrics[f'{suite}/pass@1']:.4f})" if f"{suite}/pass@1" in metrics else ""
         rows.append(f"| {suite} | {kind} | {int(metrics[f'{suite}/n'])} | {int(metrics[f'{suite}/samples'])} | "
                     f"{metrics[f'{suite}/accuracy']:.4f}{extra} |")
     settings = f"temperature {cfg.temperature}, top-p {cfg.top_p}, max new tokens {cfg.max_new_tokens}"
     md = (f"Checkpoint `{ckpt_uri}`; sampling: {settings}\n\n| suite | kind | examples | samples (avg@k) | accuracy |\n"
           "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    if "ipython_tools/well_formed" in metrics:
+        figures = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("ipython_tools/")
+                   and not k.endswith(("/n", "/samples"))}
+        md += ("\nipython_tools (arms: tool = image as text + kernel; no_tool = tool disabled; media = image as "
+               "media tokens, no description):\n\n| figure | value |\n|---|---|\n"
+               + "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(figures.items())) + "\n")
     return md, buf.getvalue()
 
 
@@ -229,10 +240,21 @@ def main(argv=None) -> None:
         else:
             records += eval_vision_suite(model, vocab, suite, mine, device)
         reporter.log(f"{suite}: {len(mine)} examples scored on rank {rank}")
+    agent = [] if spec.checkpoint.stage not in cfg.agent_stages else list(cfg.agent_suites)
+    if "ipython_tools" in agent:
+        from evaluation.agent_suites import eval_ipython_tools, ipython_tasks
+
+        tasks = ipython_tasks(cfg.agent_limit, cfg.seed)[rank::world]
+        records += eval_ipython_tools(model, vocab, tasks, cfg)
+        reporter.log(f"ipython_tools: {len(tasks)} tasks x 3 arms on rank {rank}")
     records = gather(records, world)
     if rank == 0:
         df = pd.DataFrame(records)
         metrics = summarize(df, cfg)
+        if "ipython_tools" in agent:
+            from evaluation.agent_suites import summarize_ipython_tools
+
+            metrics.update(summarize_ipython_tools([r for r in records if r["suite"] == "ipython_tools"]))
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
         storage.write_bytes(storage.join(spec.out, "records.parquet"), buf.getvalue())

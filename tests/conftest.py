@@ -19,6 +19,13 @@ if _REPO not in sys.path:  # the project packages, also when pytest is not start
 
 import helpers
 
+from curation.image_text import ImageCurationConfig, curate_image_text
+from curation.mixture import build_mixture, read_mixture
+from curation.text import TextCurationConfig, curate_text
+from curation.tokenizer import train_tokenizer
+from curation.video import VideoCurationConfig, curate_video
+from training.data import load_vocab
+
 # MLflow's usage telemetry calls an outside address; tests (and the programs they start) talk to
 # loopback only.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -139,3 +146,20 @@ def tiny(tmp_path_factory):
     data = helpers.build_tiny_data(str(tmp_path_factory.mktemp("tiny-data")))
     mixture = read_mixture(data.mixture_uri)
     return mixture, load_vocab(mixture)
+
+
+# A tiny real mixture and its trained tokenizer, shared by the loader and chat tests.
+@pytest.fixture(scope="session")
+def mixture(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader-data")
+    text = curate_text(str(root / "text"), TextCurationConfig(max_docs_per_source=20, max_chars=2000))
+    image = curate_image_text(str(root / "image"), ImageCurationConfig(max_digits=30, include_skimage=False))
+    video = curate_video(str(root / "video"), VideoCurationConfig(max_chunks_per_video=1))
+    tok = train_tokenizer(text.uri, str(root / "tokenizer"), vocab_size=512)
+    build_mixture({"text": text, "image": image, "video": video}, tok, str(root / "mixture"))
+    return read_mixture(str(root / "mixture"))  # as the stage programs read it
+
+
+@pytest.fixture(scope="session")
+def vocab(mixture):
+    return load_vocab(mixture)

@@ -1,0 +1,159 @@
+"""Agent suites: the checkpoint acts through the agent loop with real tools.
+
+`ipython_tools`: held-out image tasks (test-split photos, larger mazes, and the `diff` family
+that SFT never saw) solved through the sandboxed IPython kernel, in three arms on the same tasks
+and the same checkpoint:
+  - `tool`: as SFT taught it, the image described as text, its pixels in the kernel;
+  - `no_tool`: the same prompt, but the ipython tool answers "disabled" (what the tool adds);
+  - `media`: the zero-vision activation probe -- the image given as media tokens in the prompt
+    and its text description removed (the kernel still holds the pixels).
+Reported: tool-call well-formedness, the share of cells that ran without error, accuracy per
+family and arm, the tool's gain over the no-tool arm in points, and the tool-call rate of the
+media arm relative to the text arm (`probe_ratio`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import torch
+
+from agents.engine import BatchingEngine
+from agents.envs.image_tasks import FAMILIES, ImageTask, boxed, is_correct, make_task
+from agents.kernel import Kernel, Session
+from agents.loop import AgentResult, LoopLimits, RewardBreakdown, ToolResult, run_agent
+from agents.sft_data import SYSTEM, user_message
+from model.tokens import Vocab
+
+AGENT_SUITES = ("ipython_tools",)
+ARMS = ("tool", "no_tool", "media")
+DISABLED = "Error: the ipython tool is disabled in this run."
+
+
+class IPythonImageEnv:
+    """One trajectory's environment: a kernel session holding the task's images."""
+
+    def __init__(self, kernel: Kernel, arm: str):
+        if arm not in ARMS:
+            raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+        self.kernel, self.arm = kernel, arm
+        self.session: Session | None = None
+        self.task: ImageTask | None = None
+        self.tools = {"ipython": self._ipython}
+
+    def reset(self, task: ImageTask) -> tuple[list[dict], list]:
+        self.task = task
+        self.session = self.kernel.open_session()
+        for name, pixels in task.images.items():
+            self.session.put(name, pixels)
+        if self.arm == "media":
+            media = [torch.from_numpy(media_pixels(a)) for a in task.images.values()]
+            user = {"role": "user", "content": user_message(task, with_description=False), "media": media}
+        else:
+            user = {"role": "user", "content": user_message(task)}
+        return [{"role": "system", "content": SYSTEM}, user], list(user.get("media", []))
+
+    async def _ipython(self, arguments: dict) -> ToolResult:
+        if self.arm == "no_tool":
+            return ToolResult(DISABLED, ok=False)
+        code = arguments.get("code")
+        if not isinstance(code, str):
+            return ToolResult("Error: the ipython tool takes {\"code\": <string>}", ok=False)
+        result = await asyncio.to_thread(self.session.run, code)
+        return ToolResult(result.observation(), ok=result.ok)
+
+    def verify(self, result: AgentResult) -> RewardBreakdown:
+        answer = boxed(result.final_text)
+        correct = is_correct(self.task.family, answer, self.task.answer)
+        return RewardBreakdown(float(correct), correct, {"answer": answer})
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+
+def media_pixels(image):
+    """An image as the pre-training loader feeds it: curation's NaViT resize and zero padding
+    (sides multiples of 28), with the tiny curation's patch budget."""
+    from curation.image_text import ImageCurationConfig, navit_resize
+
+    cfg = ImageCurationConfig()
+    return navit_resize(image, cfg.patch_limit, cfg.side_limit, cfg.min_side)
+
+
+def ipython_tasks(limit: int, seed: int) -> list[ImageTask]:
+    """Held-out tasks, the same number per family (limit 0: 24 per family)."""
+    per_family = max(1, math.ceil(limit / len(FAMILIES))) if limit else 24
+    return [make_task(f, "test", i, seed) for i in range(per_family) for f in FAMILIES]
+
+
+async def _run_arm(engine, vocab, kernel, tasks, arm, limits) -> list[dict]:
+    async def one(task):
+        env = IPythonImageEnv(kernel, arm)
+        try:
+            result = await run_agent(engine, vocab, env, task, limits)
+            verdict = env.verify(result)
+        finally:
+            env.close()
+        calls = result.calls
+        executed = [r for r in result.tool_results] if arm != "no_tool" else []
+        return {"suite": "ipython_tools", "id": f"{task.id}:{arm}", "sample": 0, "arm": arm, "family": task.family,
+                "prompt": task.question, "output": "\n---\n".join(t.content for t in result.turns),
+                "extracted": str(verdict.parts["answer"]), "reference": str(task.answer),
+                "score": float(verdict.correct), "prompt_tokens": 0, "output_tokens": result.trajectory.model_tokens(),
+                "calls": len(calls), "well_formed_calls": sum(c.ok for c in calls),
+                "cells": len(executed), "cells_ok": sum(r.ok for r in executed), "finish": result.finish}
+    return list(await asyncio.gather(*(one(t) for t in tasks)))
+
+
+def eval_ipython_tools(model, vocab: Vocab, tasks: list[ImageTask], cfg, kernel: Kernel | None = None,
+                       arms: tuple[str, ...] = ARMS) -> list[dict]:
+    """Records of every (task, arm); greedy or sampled as the evaluation config says."""
+    limits = LoopLimits(max_turns=4, max_new_tokens=min(cfg.max_new_tokens, 256), temperature=cfg.temperature,
+                        top_p=cfg.top_p, seed=cfg.seed)
+    own = kernel is None
+    kernel = kernel or Kernel()
+    engine = BatchingEngine(model, slots=min(32, max(1, len(tasks))), decode=vocab.decode)
+    try:
+        records = []
+        for arm in arms:
+            records += asyncio.run(_run_arm(engine, vocab, kernel, tasks, arm, limits))
+        return records
+    finally:
+        if own:
+            kernel.close()
+
+
+def summarize_ipython_tools(records: list[dict]) -> dict[str, float]:
+    """The suite's figures (accuracy is the tool arm's, as for other suites)."""
+    out: dict[str, float] = {}
+    by_arm = {arm: [r for r in records if r["arm"] == arm] for arm in ARMS}
+    tool = by_arm["tool"]
+    if not tool:
+        return out
+    calls = sum(r["calls"] for r in tool)
+    cells = sum(r["cells"] for r in tool)
+    out["ipython_tools/well_formed"] = sum(r["well_formed_calls"] for r in tool) / calls if calls else 0.0
+    out["ipython_tools/cell_ok"] = sum(r["cells_ok"] for r in tool) / cells if cells else 0.0
+    out["ipython_tools/tool_call_rate"] = sum(r["calls"] > 0 for r in tool) / len(tool)
+    for arm, rows in by_arm.items():
+        if not rows:
+            continue
+        out[f"ipython_tools/{arm}_accuracy"] = sum(r["score"] for r in rows) / len(rows)
+        for family in FAMILIES:
+            fam = [r for r in rows if r["family"] == family]
+            if fam:
+                out[f"ipython_tools/{family}_{arm}_accuracy"] = sum(r["score"] for r in fam) / len(fam)
+    if by_arm["no_tool"]:
+        for family in ("count", "maze"):
+            a = out.get(f"ipython_tools/{family}_tool_accuracy")
+            b = out.get(f"ipython_tools/{family}_no_tool_accuracy")
+            if a is not None and b is not None:
+                out[f"ipython_tools/tool_gain_{family}"] = 100.0 * (a - b)
+    if by_arm["media"]:
+        media_rate = sum(r["calls"] > 0 for r in by_arm["media"]) / len(by_arm["media"])
+        out["ipython_tools/media_tool_call_rate"] = media_rate
+        text_rate = out["ipython_tools/tool_call_rate"]
+        out["ipython_tools/probe_ratio"] = media_rate / text_rate if text_rate else 0.0
+    return out
