@@ -127,19 +127,19 @@ def build_tool_data(out_uri: str, gsm8k_train: list[dict], cfg: ToolDataConfig =
                     if tried[family] > 5 * cfg.traces_per_family + 50:
                         raise RuntimeError(f"{family}: only {kept[family]} of {tried[family]} traces kept; "
                                            "the teachers or the task builder are broken")
-        for i, example in enumerate(track(gsm8k_train, "sft_tool_data: GSM8K program-of-thought", len(gsm8k_train),
-                                          log, unit="problem")):
-            if kept["pot"] >= cfg.pot_traces:
-                break
-            messages, outputs, ok = pot_trace(kernel, example)
-            tried["pot"] += 1
-            row = {"messages": messages}
-            if ok and gold_leaks(row):  # GSM8K questions that already state their answer: not used
-                ok = False
-            if ok:
-                kept["pot"] += 1
-                rows.append({"id": f"gsm8k-train-{i}", "source": "pot", "family": "pot", "variant": 0,
-                             "task": {"gsm8k_index": i}, "messages": messages, "outputs": outputs})
+        examples = iter(enumerate(gsm8k_train))
+        for _ in track(range(cfg.pot_traces), "sft_tool_data: GSM8K program-of-thought", cfg.pot_traces, log,
+                       unit="trace"):
+            for i, example in examples:  # the next problem whose program runs to the gold answer
+                messages, outputs, ok = pot_trace(kernel, example)
+                tried["pot"] += 1
+                if ok and gold_leaks({"messages": messages}):  # a question that states its answer: not used
+                    ok = False
+                if ok:
+                    kept["pot"] += 1
+                    rows.append({"id": f"gsm8k-train-{i}", "source": "pot", "family": "pot", "variant": 0,
+                                 "task": {"gsm8k_index": i}, "messages": messages, "outputs": outputs})
+                    break
     finally:
         if own:
             kernel.close()

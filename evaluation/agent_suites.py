@@ -110,11 +110,12 @@ async def _run_arm(engine, vocab, kernel, tasks, arm, limits) -> list[dict]:
 def eval_ipython_tools(model, vocab: Vocab, tasks: list[ImageTask], cfg, kernel: Kernel | None = None,
                        arms: tuple[str, ...] = ARMS) -> list[dict]:
     """Records of every (task, arm); greedy or sampled as the evaluation config says."""
-    limits = LoopLimits(max_turns=4, max_new_tokens=min(cfg.max_new_tokens, 256), temperature=cfg.temperature,
+    limits = LoopLimits(max_turns=cfg.agent_max_turns, max_new_tokens=cfg.agent_max_new_tokens, temperature=cfg.temperature,
                         top_p=cfg.top_p, seed=cfg.seed)
     own = kernel is None
     kernel = kernel or Kernel()
-    engine = BatchingEngine(model, slots=min(32, max(1, len(tasks))), decode=vocab.decode)
+    engine = BatchingEngine(model, slots=min(32, max(1, len(tasks))), max_len=min(model.cfg.max_seq_len, 2048),
+                            decode=vocab.decode)
     try:
         records = []
         for arm in arms:

@@ -97,11 +97,13 @@ def _tiny() -> Profile:
                               Phase(name="ctx4k", steps=2, overrides={
                                   "data.seq_len": 4096, "train.yarn_factor": 32.0, "data.batch_size": 1,
                                   "optimizer.warmup_steps": 1}))),
-        # Zero-vision SFT and RL on text: the encoder is frozen (no vision tokens reach it). A tiny
-        # model cannot learn 100-token worked solutions in minutes; with final-answer targets it
-        # learns the answer format, so RL gets rewards with non-zero variance.
+        # Zero-vision SFT on executed tool traces (sft_tool_data) and GSM8K chat, and RL on text:
+        # the encoder is frozen (no vision tokens reach it). Rows of 1024 tokens: a maze trace is
+        # about 700 tokens with the tiny tokenizer, and conversations are never split. A tiny model
+        # cannot learn 100-token worked solutions in minutes; with final-answer targets it learns
+        # the answer format, so RL gets rewards with non-zero variance.
         "sft": _spec(name, "sft", model, nproc, train=replace_block(llm_only, steps=60),
-                     data=replace_block(text_only, seq_len=512, batch_size=4),
+                     data=replace_block(text_only, seq_len=1024, batch_size=2),
                      optimizer=OptimizerConfig(lr=1e-3), sft=SFTConfig(answer_style="final")),
         "rl": _spec(name, "rl", model, nproc, train=replace_block(llm_only, steps=8), data=text_only,
                     optimizer=OptimizerConfig(lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4), rl=rl),
@@ -110,7 +112,7 @@ def _tiny() -> Profile:
                       rl=replace_block(rl, max_new_tokens=8), parl=PARLConfig()),
     }
     # greedy (avg@1 is then exact), short answers, a handful of examples per suite
-    evaluation = EvalConfig(limit=8, temperature=0.0, top_p=1.0, max_new_tokens=48, samples_per_suite="",
+    evaluation = EvalConfig(limit=8, agent_limit=12, temperature=0.0, top_p=1.0, max_new_tokens=48, samples_per_suite="",
                             batch_size=8, code_timeout_s=5.0, code_memory_mb=512)
     return Profile(name=name, model=model, nproc_per_node=nproc, tokenizer_vocab=4096, stages=stages,
                    evaluation=evaluation)

@@ -217,7 +217,7 @@ def build_diff(rng, split):
     y, x = rng.randint(0, SIZE - h), rng.randint(0, SIZE - w)
     img2[y:y + h, x:x + w] = COLORS[rng.choice(list(COLORS))]
     q = ("`img2` is a copy of `img` with one rectangular region changed. Give its bounding box as "
-         "x0,y0,x1,y1 (x1 and y1 exclusive).")
+         "left,top,right,bottom in pixels (right and bottom exclusive).")
     return q, {"img": img, "img2": img2}, [x, y, x + w, y + h], {"photo": photo}
 
 
