@@ -448,6 +448,7 @@ class Session:
 
     def __init__(self, kernel: Kernel, sid: int, uid: int, sock: socket.socket):
         self.kernel, self.sid, self.uid, self._sock = kernel, sid, uid, sock
+        self._lock = threading.Lock()  # one request at a time on the session's socket
         self.alive = True
         self.cells = 0
 
@@ -481,15 +482,18 @@ class Session:
         return CellResult(reply["output"], reply["error"], reply["timed_out"], reply["truncated"], reply["duration_s"])
 
     def _call(self, msg: dict, timeout_s: float) -> dict | None:
-        self._sock.settimeout(timeout_s)
         body = json.dumps(msg).encode()
-        try:
-            self._sock.sendall(_HEADER.pack(len(body)) + body)
-            return _recv(self._sock)
-        except (BrokenPipeError, ConnectionResetError):
-            return None
-        except socket.timeout as e:
-            raise TimeoutError from e
+        with self._lock:
+            if not self.alive:
+                return None
+            self._sock.settimeout(timeout_s)
+            try:
+                self._sock.sendall(_HEADER.pack(len(body)) + body)
+                return _recv(self._sock)
+            except (BrokenPipeError, ConnectionResetError, OSError) as e:
+                if isinstance(e, socket.timeout):
+                    raise TimeoutError from e
+                return None
 
     def close(self) -> None:
         if self.alive:

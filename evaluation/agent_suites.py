@@ -41,6 +41,9 @@ class IPythonImageEnv:
         self.session: Session | None = None
         self.task: ImageTask | None = None
         self.tools = {"ipython": self._ipython}
+        # Calls of one turn share the session's state: they run one after another, in the order
+        # the model wrote them (asyncio.Lock is first come, first served).
+        self._turn_order = asyncio.Lock()
 
     def reset(self, task: ImageTask) -> tuple[list[dict], list]:
         self.task = task
@@ -48,7 +51,7 @@ class IPythonImageEnv:
         for name, pixels in task.images.items():
             self.session.put(name, pixels)
         if self.arm == "media":
-            media = [torch.from_numpy(media_pixels(a)) for a in task.images.values()]
+            media = [torch.from_numpy(media_pixels(a).copy()) for a in task.images.values()]
             user = {"role": "user", "content": user_message(task, with_description=False), "media": media}
         else:
             user = {"role": "user", "content": user_message(task)}
@@ -60,7 +63,8 @@ class IPythonImageEnv:
         code = arguments.get("code")
         if not isinstance(code, str):
             return ToolResult("Error: the ipython tool takes {\"code\": <string>}", ok=False)
-        result = await asyncio.to_thread(self.session.run, code)
+        async with self._turn_order:
+            result = await asyncio.to_thread(self.session.run, code)
         return ToolResult(result.observation(), ok=result.ok)
 
     def verify(self, result: AgentResult) -> RewardBreakdown:

@@ -134,3 +134,41 @@ def test_a_real_engine_trajectory_replays_to_the_same_logprobs(kernel, vocab):
     figures = summarize_ipython_tools(records)
     assert figures["ipython_tools/well_formed"] == 1.0 and figures["ipython_tools/cell_ok"] == 0.0
     assert figures["ipython_tools/probe_ratio"] == 0.0
+
+
+def test_long_tool_output_is_cut_to_the_token_cap_and_turns_are_capped(kernel, vocab):
+    task = make_task("size", "test", 1)
+    flood = {"role": "assistant", "content": "", "tool_calls": [
+        {"name": "ipython", "arguments": {"code": "for i in range(500):\n    print('row', i)"}}]}
+    engine = ScriptedEngine(vocab, [flood, flood, flood])
+    env = IPythonImageEnv(kernel, "tool")
+    try:
+        result = asyncio.run(run_agent(engine, vocab, env, task, LoopLimits(max_turns=2, max_tool_tokens=64)))
+    finally:
+        env.close()
+    assert result.finish == "max_turns" and len(result.turns) == 2 and len(engine.requests) == 2
+    tool_segment = next(s for s in result.trajectory.segments if s.source == "tool")
+    text = vocab.decode(list(tool_segment.ids))
+    assert "[truncated]" in text and "row 499" not in text
+    assert len(tool_segment.ids) < 64 + 40  # the cap plus the turn's own framing
+
+
+def test_sft_tool_data_builder_executes_filters_and_reproduces(kernel, tmp_path):
+    from helpers import DATA_ROOT
+
+    from agents.sft_data import ToolDataConfig, build_tool_data, gold_leaks, read_tool_data, reexecute
+    from training.data import gsm8k_path, read_jsonl
+
+    gsm8k = read_jsonl(gsm8k_path(str(DATA_ROOT), "train"))[:200]
+    manifest = build_tool_data(str(tmp_path), gsm8k, ToolDataConfig(traces_per_family=6, pot_traces=6), kernel=kernel)
+    assert manifest["kept"] == {f: 6 for f in ("count", "size", "maze", "pie", "locate", "pot")}
+    assert "diff" not in manifest["tried"]  # held out of SFT entirely
+    _, rows = read_tool_data(str(tmp_path))
+    for row in rows:
+        assert reexecute(kernel, row) == row["outputs"]  # byte for byte
+        assert not gold_leaks(row)
+        tool_turns = [m for m in row["messages"] if m["role"] == "tool"]
+        assert [m["content"] for m in tool_turns] == row["outputs"]  # the tool message is the real output
+        assert all("media" not in m for m in row["messages"])  # the image only as text, never as pixels
+    tampered = dict(rows[0], outputs=["999\n"])
+    assert reexecute(kernel, tampered) != tampered["outputs"]
