@@ -144,5 +144,5 @@ def _tool_message(call: ToolCall, index: int, result: ToolResult, vocab: Vocab, 
     if len(vocab.encode(text)) > max_tokens:
         ids = vocab.encode(text)[: max_tokens - 8]
         text = vocab.decode(ids) + "\n[truncated]"
-    name = call.name if call.ok and call.name.isidentifier() else "invalid"
+    name = call.name if call.name.isidentifier() else "invalid"  # a malformed name cannot be rendered
     return {"role": "tool", "name": name, "call_index": index, "content": text, "media": result.media}
