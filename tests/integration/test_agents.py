@@ -4,7 +4,6 @@ and a trajectory recorded with the real engine replays to the same log-probs in 
 forward (token in, token out). Needs root for the kernel: skipped elsewhere, a failure on CI."""
 
 import asyncio
-import os
 
 import pytest
 import torch
@@ -12,27 +11,13 @@ import torch
 from agents.chat import render_turns
 from agents.engine import BatchingEngine, TokenOutput
 from agents.envs.image_tasks import make_task
-from agents.kernel import Kernel
 from agents.loop import LoopLimits, run_agent
-from agents.sandbox import SandboxUnavailable
 from agents.trajectory import check_provenance
 from evaluation.agent_suites import DISABLED, IPythonImageEnv, summarize_ipython_tools
 from model.config import model_preset
 from model.multimodal import K25Model
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    try:
-        k = Kernel()
-    except SandboxUnavailable as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"the kernel must work on CI machines: {e}")
-        pytest.skip(f"kernel unavailable here: {e}")
-    yield k
-    k.close()
 
 
 class ScriptedEngine:
