@@ -52,8 +52,9 @@ class EvalConfig(Block):
     """Checkpoints of these stages also run `agent_suites` (a pre-trained model has no tool use)."""
     agent_limit: int = Field(0, ge=0)
     """Tasks per agent suite, spread evenly over its families (0 = 24 per family)."""
-    agent_max_new_tokens: int = Field(256, gt=0)
-    """Tokens per assistant turn in agent suites (a tool call holds a whole program)."""
+    agent_max_new_tokens: int = Field(640, gt=0)
+    """Tokens per assistant turn in agent suites (a tool call holds a whole program: a maze BFS is
+    about 450 tokens with the tiny tokenizer)."""
     agent_max_turns: int = Field(4, gt=0)
     """Assistant turns per agent trajectory."""
 
