@@ -337,7 +337,8 @@ class BatchingEngine:
                 if member in self.running:
                     self.running.remove(member)
                 self.free.append(member.slot)
-                member.future.set_result(TokenOutput([], [], FINISH_CONTEXT, self.version, None, self._sign([], [])))
+                if not member.future.done():  # a caller may have given up (cancelled) meanwhile
+                    member.future.set_result(TokenOutput([], [], FINISH_CONTEXT, self.version, None, self._sign([], [])))
             live.fork_to = []
 
     def _emit(self, live: _Live, token: int, logp: float) -> None:
