@@ -39,7 +39,8 @@ def test_dg_dev_serves_the_asset_graph(tmp_path):
         assert deps["evaluation/parl"] == ["mixture", "parl"]
         assert deps["evaluation/sft"] == ["mixture", "sft"]
         assert deps["joint_pretrain"] == ["mixture", "vit_warmup"]
-        assert len(deps) == 16
+        assert deps["sft"] == ["midtrain", "mixture", "sft_tool_data"]
+        assert len(deps) == 17
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
