@@ -44,7 +44,7 @@ Result statuses
 - "passed": the program exited with status 0.
 - "failed": it exited non-zero (an uncaught exception, a failed assert, MemoryError at the memory
   limit, a write past the file/output size limit: EFBIG, as Python ignores SIGXFSZ) or was
-  killed by a signal (e.g. SIGSEGV).
+  killed by a signal (e.g. SIGSEGV, or SIGKILL from the memory cgroup: "out of memory").
 - "timeout": the wall-clock limit or the CPU-time limit (SIGXCPU/SIGKILL from RLIMIT_CPU) was hit.
 - "error": the sandbox lost track of the run (no final status came back); the code's result is
   unknown and counts as not passed.
