@@ -36,6 +36,7 @@ import base64
 import json
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -433,7 +434,6 @@ class Kernel:
             self._proc.wait()
         self._ctrl.close()
         self.cgroup.remove()
-        import shutil
         shutil.rmtree(self._staging, ignore_errors=True)
 
     def __enter__(self) -> "Kernel":

@@ -104,7 +104,7 @@ async def run_agent(engine: BatchingEngine, vocab: Vocab, env: Environment, task
                 break
             if turn == limits.max_turns - 1:
                 break
-            called = await _run_calls(env, parsed.calls, n_calls, limits.max_parallel_calls)
+            called = await _run_calls(env, parsed.calls, limits.max_parallel_calls)
             results += called
             append = [vocab.im_end] if out.ids and out.ids[-1] == vocab.tool_calls_end else []
             tool_messages = [_tool_message(call, n_calls + k, res, vocab, limits.max_tool_tokens)
@@ -122,7 +122,7 @@ async def run_agent(engine: BatchingEngine, vocab: Vocab, env: Environment, task
     return AgentResult(trajectory, turns, results, finish, final)
 
 
-async def _run_calls(env: Environment, calls: list[ToolCall], first_index: int, parallel: int) -> list[ToolResult]:
+async def _run_calls(env: Environment, calls: list[ToolCall], parallel: int) -> list[ToolResult]:
     gate = asyncio.Semaphore(parallel)
 
     async def one(call: ToolCall) -> ToolResult:

@@ -101,7 +101,7 @@ async def _run_arm(engine, vocab, kernel, tasks, arm, limits) -> list[dict]:
         finally:
             env.close()
         calls = result.calls
-        executed = [r for r in result.tool_results] if arm != "no_tool" else []
+        executed = result.tool_results if arm != "no_tool" else []  # a disabled tool runs no cell
         return {"suite": "ipython_tools", "id": f"{task.id}:{arm}", "sample": 0, "arm": arm, "family": task.family,
                 "prompt": task.question, "output": "\n---\n".join(t.content for t in result.turns),
                 "extracted": str(verdict.parts["answer"]), "reference": str(task.answer),
