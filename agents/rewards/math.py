@@ -1,0 +1,89 @@
+"""Answer-checking rewards: math by Math-Verify, multiple-choice letters, exact strings.
+
+Math goes to Math-Verify (HuggingFace's maintained grader) rather than a parser of our own: it
+reads `**Final Answer:** $9$`, `The answer is **18**.`, `\\boxed{\\frac12}` and sets, and it
+compares symbolically. Its parse and verify take a SIGALRM timeout, which only the main thread
+may arm; elsewhere (a Dagster worker thread) the response length bound of base.py is the guard.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from math_verify import parse, verify
+
+from agents.rewards.base import MAX_RESPONSE_CHARS, ZERO, Score, final_answer, last_boxed, strip_reasoning
+
+PARSE_TIMEOUT_S = 5
+
+
+def _timeout() -> int | None:
+    return PARSE_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+def _gold(reference: str) -> list:
+    ref = str(reference).strip()
+    if not ref:
+        raise ValueError("a math reference must not be empty")
+    return parse(ref if ("$" in ref or "\\boxed" in ref) else f"${ref}$", parsing_timeout=_timeout())
+
+
+def math_answer(response: str) -> list:
+    """Math-Verify's reading of the response's visible answer ([] when there is none)."""
+    text = strip_reasoning(response)[-MAX_RESPONSE_CHARS:]
+    if not text.strip():
+        return []
+    return parse(text, parsing_timeout=_timeout())
+
+
+def math_score(response: str, reference: str) -> Score:
+    pred = math_answer(response)
+    if not pred:
+        return ZERO
+    ok = verify(_gold(reference), pred, timeout_seconds=_timeout())
+    return Score(1.0 if ok else 0.0, bool(ok), str(pred[-1]))
+
+
+_LETTER_PATTERNS = (
+    re.compile(r"answer\s*(?:is|:)?\s*:?\s*\(?\**([A-J])\b", re.IGNORECASE),
+    re.compile(r"^\(?([A-J])[).:]?\s*$"),
+)
+
+
+def choice_letter(response: str, letters: str = "ABCD") -> str | None:
+    """The chosen option: `\\boxed{B}`, `the answer is (B)`, or a final line that is just `B`."""
+    text = strip_reasoning(response)[-MAX_RESPONSE_CHARS:].strip()
+    if not text:
+        return None
+    boxed = last_boxed(text)
+    candidates = [boxed] if boxed is not None else []
+    candidates += [m.group(1) for m in _LETTER_PATTERNS[0].finditer(text)][-1:]
+    candidates += [m.group(1) for m in [_LETTER_PATTERNS[1].match(text.splitlines()[-1].strip())] if m]
+    for c in candidates:
+        c = c.strip().strip("()*.").upper()
+        if len(c) == 1 and c in letters:
+            return c
+    return None
+
+
+def choice_score(response: str, reference: str) -> Score:
+    """Multiple choice: `reference` is the correct letter."""
+    got = choice_letter(response, "ABCDEFGHIJ")
+    if got is None:
+        return ZERO
+    ok = got == str(reference).strip().upper()
+    return Score(float(ok), ok, got)
+
+
+def _norm(s: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
+
+
+def exact_score(response: str, reference: str) -> Score:
+    """The final answer equals the reference after lower-casing and dropping punctuation."""
+    got = final_answer(response)
+    if got is None or not _norm(got):
+        return ZERO
+    ok = _norm(got) == _norm(str(reference))
+    return Score(float(ok), ok, got)
