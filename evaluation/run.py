@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from agents.chat import render
 from evaluation import suites as text_suites
 from evaluation import vision_suites
 from evaluation.config import TEXT_SUITES, VISION_SUITES, EvalConfig
@@ -35,7 +36,6 @@ from model.multimodal import K25Model
 from model.tokens import Vocab
 from training import checkpoint
 from training.data import load_vocab
-from training.policy import prompt_ids
 from training.program import parse_overrides
 from training.reporting import Reporter, fail
 from training.runtime import compute_init, rank_env
@@ -127,7 +127,8 @@ def eval_text_suite(model: K25Model, vocab: Vocab, suite: str, examples: list, c
     records = []
     for start in range(0, len(jobs), cfg.batch_size):
         batch = jobs[start:start + cfg.batch_size]
-        prompts = [prompt_ids(vocab, ex.prompt)[-budget:] for ex, _ in batch]
+        prompts = [render([{"role": "user", "content": ex.prompt}], vocab, add_generation_prompt=True)[-budget:]
+                   for ex, _ in batch]
         outs = model.generate(prompts, max_new, {vocab.im_end, vocab.eos}, cfg.temperature, cfg.top_p, generator)
         for (ex, sample), prompt, out in zip(batch, prompts, outs):
             text = vocab.tok.decode([t for t in out if t not in (vocab.im_end, vocab.eos)])

@@ -105,10 +105,15 @@ def _tiny() -> Profile:
         "sft": _spec(name, "sft", model, nproc, train=replace_block(llm_only, steps=60),
                      data=replace_block(text_only, seq_len=1024, batch_size=2),
                      optimizer=OptimizerConfig(lr=1e-3), sft=SFTConfig(answer_style="final")),
-        "rl": _spec(name, "rl", model, nproc, train=replace_block(llm_only, steps=8), data=text_only,
-                    optimizer=OptimizerConfig(lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4), rl=rl),
+        # RL and PARL (RECIPE.md §6.1): MuonClip, 1024-token contexts (tool tasks carry a system
+        # prompt and tool results), a 24-task pool over every domain; Toggle on, phases of 2
+        # iterations (at tiny scale accuracy is ~0, so its budget stays inactive: that is logged).
+        "rl": _spec(name, "rl", model, nproc, train=replace_block(llm_only, steps=8),
+                    data=replace_block(text_only, seq_len=1024),
+                    optimizer=OptimizerConfig(name="muonclip", lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4),
+                    rl=replace_block(rl, pool_size=24, toggle=True, toggle_m=2)),
         "parl": _spec(name, "parl", model, nproc, train=replace_block(llm_only, steps=8), data=text_only,
-                      optimizer=OptimizerConfig(lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4),
+                      optimizer=OptimizerConfig(name="muonclip", lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4),
                       rl=replace_block(rl, max_new_tokens=8), parl=PARLConfig()),
     }
     # greedy (avg@1 is then exact), short answers, a handful of examples per suite

@@ -347,7 +347,8 @@ class Engine:
         phase = f" ({r.phase_label}: {self.step}/{cfg.train.steps})" if r.phase_label else ""
         per_step = (time.time() - t0) / max(1, self.step - start_step)
         eta = datetime.timedelta(seconds=round(per_step * (total - done)))
-        extra = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("loss", "lr"))
+        # per-domain metrics (keys with a "/") go to MLflow only: the line stays readable
+        extra = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("loss", "lr") and "/" not in k)
         return f"step {done}/{total}{phase} loss {metrics['loss']:.4f} {extra} | {per_step:.2f} s/step, ETA {eta}"
 
     def _agree_stop(self) -> bool:

@@ -18,26 +18,33 @@ observations. The tool-calling swarm environment arrives with the PARL issue.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import re
 
 import torch
 
+from agents.chat import parse_assistant, render
+from agents.engine import BatchingEngine, GenerateRequest, SamplingParams
+from agents.envs.rl_tasks import gsm8k_reference
+from agents.rewards import score
+from agents.trajectory import Trajectory
 from model.multimodal import K25Model
 from training import checkpoint
 from training.data import gsm8k_path, read_jsonl
 from training.engine import Engine
 from training.policy import (
     RolloutCache,
-    cut_at_stop,
-    math_reward,
-    policy_step,
-    prompt_ids,
-    reference_answer,
-    sequence_logprobs,
+    group_advantages,
+    k25_policy_loss,
+    policy_batch,
+    ratio_stats,
+    token_logprobs,
+    token_weights,
 )
 from training.program import program_args
+from training.rl import all_sum, stable_seed
 
 
 def critical_steps(n_subtasks: int, n_agents: int) -> tuple[int, int]:
@@ -67,15 +74,42 @@ def frozen_subagent(engine: Engine) -> K25Model:
     return model.to(engine.device).eval()
 
 
+def prompt_ids(vocab, text: str) -> list[int]:
+    return render([{"role": "user", "content": text}], vocab, add_generation_prompt=True)
+
+
 class Swarm:
     def __init__(self, engine: Engine, problems: list[dict]):
         self.engine, self.problems = engine, problems
         self.subagent = frozen_subagent(engine)
+        cfg = engine.spec.rl
+        self.rollouts = BatchingEngine(engine.model, slots=cfg.prompts_per_step * cfg.group_size,
+                                       max_len=engine.spec.data.seq_len, decode=engine.vocab.decode)
         self.cache = RolloutCache(self.collect)
 
     def lambdas(self, step: int) -> tuple[float, float]:
         keep = max(0.0, 1.0 - step / max(1, self.engine.spec.train.steps - 1))
         return self.engine.spec.parl.lambda_parallel * keep, self.engine.spec.parl.lambda_finish * keep
+
+    def _plans(self, prompts: list[list[int]], seed: int) -> list[list[Trajectory]]:
+        """The orchestrator's group_size plans per task, sampled by the rollout engine (pi_old)."""
+        e, cfg, vocab = self.engine, self.engine.spec.rl, self.engine.vocab
+        sampling = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed, stop_ids=(vocab.im_end, vocab.eos))
+        self.rollouts.update_weights(e.step)
+
+        async def run():
+            return await asyncio.gather(*(self.rollouts.generate_group(GenerateRequest(p, sampling=sampling), cfg.group_size)
+                                          for p in prompts))
+        out = []
+        for p, group in zip(prompts, asyncio.run(run())):
+            trajs = []
+            for o in group:
+                t = Trajectory()
+                t.add_context(p)
+                t.add_model(o)
+                trajs.append(t)
+            out.append(trajs)
+        return out
 
     @torch.no_grad()
     def collect(self, index: int) -> dict:
@@ -83,25 +117,29 @@ class Swarm:
         rng = random.Random(f"{cfg.train.seed}:{e.rank}:{index}")
         tasks = [[self.problems[rng.randrange(len(self.problems))] for _ in range(cfg.parl.swarm_subtasks)]
                  for _ in range(cfg.rl.prompts_per_step)]
-        prompts = [prompt_ids(vocab, orchestrator_prompt([p["question"] for p in t])) for t in tasks
-                   for _ in range(cfg.rl.group_size)]
-        gen = torch.Generator().manual_seed(hash((cfg.train.seed, e.rank, index, 7)) % (2**31))
+        prompts = [prompt_ids(vocab, orchestrator_prompt([p["question"] for p in t])) for t in tasks]
         e.model.eval()
-        stop = {vocab.im_end, vocab.eos}
-        plans = [cut_at_stop(o, stop) or [vocab.eos] for o in e.model.generate(prompts, cfg.rl.max_new_tokens, stop, cfg.rl.temperature, cfg.rl.top_p, gen)]
+        plans = self._plans(prompts, stable_seed("parl", cfg.train.seed, e.rank, index))
+        e.model.train()
         lam_par, lam_fin = self.lambdas(index * cfg.rl.updates_per_rollout)
         rewards, stats = [], {"agents": 0.0, "critical_steps": 0.0, "r_perf": 0.0, "r_finish": 0.0}
-        for i, plan in enumerate(plans):
-            task = tasks[i // cfg.rl.group_size]
-            n_agents = parse_agent_count(vocab.decode(plan), cfg.parl.swarm_subtasks)
-            r_perf, r_finish, steps = self._run_subagents(task, n_agents)
-            r_parallel = (n_agents - 1) / max(1, cfg.parl.swarm_subtasks - 1)
-            rewards.append(lam_par * r_parallel + lam_fin * r_finish + r_perf)
-            for k, v in (("agents", n_agents), ("critical_steps", steps), ("r_perf", r_perf), ("r_finish", r_finish)):
-                stats[k] += v / len(plans)
-        logp_old, mask = sequence_logprobs(e.model, prompts, plans, vocab.pad)
-        return {"prompts": prompts, "responses": plans, "rewards": torch.tensor(rewards), "logp_old": logp_old,
-                "mask": mask, "stats": stats}
+        n = len(tasks) * cfg.rl.group_size
+        for task, group in zip(tasks, plans):
+            for plan in group:
+                text = parse_assistant(plan.segments[-1].ids, vocab).content
+                n_agents = parse_agent_count(text, cfg.parl.swarm_subtasks)
+                r_perf, r_finish, steps = self._run_subagents(task, n_agents)
+                r_parallel = (n_agents - 1) / max(1, cfg.parl.swarm_subtasks - 1)
+                rewards.append(lam_par * r_parallel + lam_fin * r_finish + r_perf)
+                for k, v in (("agents", n_agents), ("critical_steps", steps), ("r_perf", r_perf), ("r_finish", r_finish)):
+                    stats[k] += v / n
+        batch = policy_batch([t for g in plans for t in g], rewards, [i for i, g in enumerate(plans) for _ in g],
+                             vocab.pad, cfg.rl.temperature)
+        adv, kept = group_advantages(batch.rewards, batch.groups)
+        weights, count = token_weights(batch, kept, cfg.rl.loss_norm)
+        total, = all_sum([count], e.world)
+        stats["reward_mean"] = float(batch.rewards.mean())
+        return {"batch": batch, "adv": adv, "weights": weights, "denominator": total / e.world, "stats": stats}
 
     def _run_subagents(self, task: list[dict], n_agents: int) -> tuple[float, float, int]:
         cfg, vocab = self.engine.spec, self.engine.vocab
@@ -114,8 +152,21 @@ class Swarm:
             return 0.0, 0.0, steps
         stop = {vocab.im_end, vocab.eos}
         outs = self.subagent.generate([prompt_ids(vocab, p["question"]) for p in finished], cfg.rl.max_new_tokens, stop)
-        correct = sum(math_reward(vocab.decode(o), reference_answer(p["answer"]), 0.0)[1] for o, p in zip(outs, finished))
+        correct = sum(score("math", vocab.decode(o), gsm8k_reference(p["answer"])).correct for o, p in zip(outs, finished))
         return correct / len(task), len(finished) / len(task), min(steps, cfg.parl.critical_step_budget)
+
+    def step(self, step: int):
+        cfg = self.engine.spec.rl
+        rollout = self.cache.get(step // cfg.updates_per_rollout)
+        batch = rollout["batch"]
+        logp = token_logprobs(self.engine.model, batch)
+        loss = k25_policy_loss(logp, batch.logp_old, rollout["adv"], rollout["weights"], cfg.ratio_low, cfg.ratio_high,
+                               cfg.kl_tau, rollout["denominator"])
+        lam_par, lam_fin = self.lambdas(step)
+        stats = {"reward_mean": rollout["stats"]["reward_mean"], "lambda_parallel": lam_par, "lambda_finish": lam_fin,
+                 **{f"swarm_{k}": v for k, v in rollout["stats"].items() if k != "reward_mean"}}
+        stats.update(ratio_stats(logp, batch, cfg.ratio_low, cfg.ratio_high))
+        return loss, stats, int(batch.mask.sum())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,14 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = engine.spec
     swarm = Swarm(engine, problems)
 
-    def step_fn(step: int):
-        batch = swarm.cache.get(step // cfg.rl.updates_per_rollout)
-        loss, stats, tokens = policy_step(engine, batch, cfg.rl.group_size)
-        lam_par, lam_fin = swarm.lambdas(step)
-        stats.update(lambda_parallel=lam_par, lambda_finish=lam_fin, **{f"swarm_{k}": v for k, v in batch["stats"].items()})
-        return loss, stats, tokens
-
-    engine.fit(step_fn, lambda: {"seed": cfg.train.seed})
+    engine.fit(swarm.step, lambda: {"seed": cfg.train.seed})
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ class Reporter:
         (RL, PARL) on the right when they were logged."""
         losses = {k: v for k, v in self.history.items() if k == "loss" or k.startswith("loss_")}
         others = {k: v for k, v in self.history.items()
-                  if k.startswith("vision_token_ratio") or k == "reward_mean"}
+                  if k.startswith(("vision_token_ratio", "reward/")) or k == "reward_mean"}
         if not self.active or not losses:
             return None
         import matplotlib

@@ -1,77 +1,216 @@
-"""RL with the K2.5 policy objective on verifiable math (first version).
+"""RL with the K2.5 objective (RECIPE.md §6; POSTTRAIN.md §4) on tasks organised by ability.
 
     torchrun --nproc-per-node 2 -m training.rl --spec <run dir>/spec.json
     torchrun --nproc-per-node 2 -m training.rl --profile tiny --mixture <mixture.json> \
         --run-dir <uri> --init-from <sft checkpoint>
 
-Each rollout batch: every rank samples `group_size` responses for `prompts_per_step` GSM8K train
-problems, recording the sampling policy's log-probs (pi_old). The reward is rule-based: 1 for the
-right final number, `format_reward` for a well-formed wrong one. The loss is RECIPE.md §6.1 with
-token-level ratio masking and the squared log-ratio penalty; each rollout batch is used for
-`updates_per_rollout` optimizer steps, so pi_theta drifts from pi_old and the mask matters.
-Generative reward models and Toggle arrive with the RL issue.
+Each iteration every rank draws `prompts_per_step` tasks from a fixed pool (agents/envs/rl_tasks.py:
+reasoning, knowledge, perception, instruction and tool domains by `rl.domains` weight, text and
+image prompts), samples `group_size` responses per task with the continuous-batching engine
+(tool tasks through the agent loop and the sandboxed kernel), scores them with the shared
+rewards (agents/rewards) and trains `updates_per_rollout` optimizer steps on the batch with
+Eq. 1 (training/policy.py): pi_old is the engine's recorded log-prob, the loss is normalised per
+prompt, zero-variance groups are skipped. With `rl.toggle` the rewards follow Eq. 2
+(training/toggle.py) with budgets estimated once before the first step.
+
+Logged per iteration: the reward and accuracy, reward per domain and modality, the masked token
+fraction, mean |log rho|, the train-inference mismatch KL, the share of groups skipped, the
+generation share of wall time, and Toggle's phase, active share, zeroed share and lengths.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+import time
 
 import torch
+import torch.distributed as dist
 
-from training.data import gsm8k_path, read_jsonl
+from agents.engine import BatchingEngine
+from agents.envs.rl_tasks import RLTask, build_pool, parse_domains
+from agents.kernel import Kernel
+from agents.sandbox import SandboxUnavailable
+from training import toggle as tg
 from training.engine import Engine
 from training.policy import (
+    PolicyBatch,
     RolloutCache,
-    cut_at_stop,
-    math_reward,
-    policy_step,
-    prompt_ids,
-    reference_answer,
-    sequence_logprobs,
+    group_advantages,
+    k25_policy_loss,
+    policy_batch,
+    ratio_stats,
+    token_logprobs,
+    token_weights,
 )
 from training.program import program_args
+from training.reporting import fail
+from training.rollout import RolloutSettings, Sample, collect
 
 
-class Rollouts:
-    def __init__(self, engine: Engine, problems: list[dict]):
-        self.engine, self.problems = engine, problems
+def stable_seed(*parts) -> int:
+    """A seed from its parts, the same in every process (str hashes are salted per process)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+def all_sum(values: list[float], world: int) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+class RLRun:
+    """The rollout side of an RL stage around the training Engine: task pool, rollout engine,
+    kernel, Toggle budgets, and one `step(step)` for Engine.fit."""
+
+    def __init__(self, engine: Engine, data_root: str):
+        self.engine, cfg = engine, engine.spec.rl
+        self.cfg = cfg
+        self.domains = parse_domains(cfg.domains)
+        self.pool, self.dropped = build_pool(self.domains, cfg.pool_size, engine.spec.train.seed, data_root)
+        engine.reporter.log(f"RL pool: {len(self.pool)} tasks over {self.domains}; vision-critical filter dropped "
+                            f"{sum(self.dropped.values())} {self.dropped or ''}")
+        self.kernel = self._kernel() if any(t.reward == "tool" for t in self.pool) else None
+        slots = cfg.prompts_per_step * cfg.group_size
+        self.rollouts = BatchingEngine(engine.model, slots=slots, max_len=engine.spec.data.seq_len,
+                                       decode=engine.vocab.decode)
+        self.settings = RolloutSettings(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.max_turns)
+        self.gen_seconds, self.t0 = 0.0, time.perf_counter()
+        self.budgets = self._toggle_budgets() if cfg.toggle else None
         self.cache = RolloutCache(self.collect)
 
-    @torch.no_grad()
-    def collect(self, index: int) -> dict:
-        e, cfg, vocab = self.engine, self.engine.spec, self.engine.vocab
-        rng = random.Random(f"{cfg.train.seed}:{e.rank}:{index}")
-        picks = [self.problems[rng.randrange(len(self.problems))] for _ in range(cfg.rl.prompts_per_step)]
-        prompts = [prompt_ids(vocab, p["question"]) for p in picks for _ in range(cfg.rl.group_size)]
-        gen = torch.Generator().manual_seed(hash((cfg.train.seed, e.rank, index)) % (2**31))
-        e.model.eval()
-        stop = {vocab.im_end, vocab.eos}
-        outs = e.model.generate(prompts, cfg.rl.max_new_tokens, stop, cfg.rl.temperature, cfg.rl.top_p, gen)
-        responses = [cut_at_stop(o, stop) or [vocab.eos] for o in outs]
-        rewards, correct = [], []
-        for i, resp in enumerate(responses):
-            r, ok = math_reward(vocab.decode(resp), reference_answer(picks[i // cfg.rl.group_size]["answer"]), cfg.rl.format_reward)
-            rewards.append(r)
-            correct.append(ok)
-        logp_old, mask = sequence_logprobs(e.model, prompts, responses, vocab.pad)
-        return {"prompts": prompts, "responses": responses, "rewards": torch.tensor(rewards),
-                "correct": torch.tensor(correct, dtype=torch.float), "logp_old": logp_old, "mask": mask}
+    def _kernel(self) -> Kernel:
+        try:
+            return Kernel(memory_mb=1536)
+        except SandboxUnavailable as e:
+            fail(f"rl.domains includes 'tool', which runs model code in the sandboxed kernel, but it is unavailable "
+                 f"here: {e}. Drop 'tool' from rl.domains or run where the sandbox works (root, cgroups).")
+
+    # ---- sampling
+    def _sample(self, tasks: list[RLTask], seed: int) -> list[list[Sample]]:
+        self.rollouts.update_weights(self.engine.step)
+        self.engine.model.eval()
+        groups, seconds = collect(self.rollouts, self.engine.vocab, tasks, self.settings, seed, self.kernel)
+        self.engine.model.train()
+        self.gen_seconds += seconds
+        return groups
+
+    def _toggle_budgets(self) -> tg.Budgets:
+        """Read the run's budgets (resume), or estimate them once over the whole pool: each rank
+        samples its share, rank 0 writes the file, every rank reads it back."""
+        e = self.engine
+        run_dir = e.spec.inputs.run_dir
+        found = tg.Budgets.load(run_dir)
+        if found is not None:
+            e.reporter.log(f"Toggle budgets read from {run_dir} (digest {found.digest[:12]}); not re-estimated")
+            return found
+        e.reporter.log(f"Toggle budget pass: {self.cfg.group_size} samples for each of {len(self.pool)} pool tasks")
+        mine = self.pool[e.rank::e.world]
+        rows = []
+        step = self.cfg.prompts_per_step
+        for start in range(0, len(mine), step):
+            chunk = mine[start: start + step]
+            for task, group in zip(chunk, self._sample(chunk, stable_seed("budget", e.spec.train.seed, e.rank, start))):
+                budget = tg.budget_from_samples([s.length for s in group], [s.score.correct for s in group], self.cfg.toggle_rho)
+                rows.append({"task_id": task.id, "budget": budget, "n_correct": sum(s.score.correct for s in group),
+                             "n_samples": len(group)})
+        if e.world > 1:
+            gathered = [None] * e.world
+            dist.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        budgets = tg.Budgets.from_rows(rows)
+        if e.rank == 0:
+            budgets.write(run_dir)
+        if e.world > 1:
+            dist.barrier()
+        e.reporter.log(f"Toggle budgets written (digest {budgets.digest[:12]}): {budgets.share_with_budget():.0%} of "
+                       "pool tasks had a correct sample")
+        return budgets
+
+    # ---- one rollout batch
+    def collect(self, iteration: int) -> dict:
+        e, cfg = self.engine, self.cfg
+        rng = random.Random(f"{e.spec.train.seed}:{e.rank}:{iteration}")
+        tasks = [self.pool[rng.randrange(len(self.pool))] for _ in range(cfg.prompts_per_step)]
+        groups = self._sample(tasks, stable_seed("rollout", e.spec.train.seed, e.rank, iteration))
+        stats = self._reward_stats(groups)
+        rewards = [[s.score.value for s in g] for g in groups]
+        if self.budgets is not None:
+            rewards = self._apply_toggle(iteration, tasks, groups, rewards, stats)
+        samples = [s for g in groups for s in g]
+        batch = policy_batch([s.trajectory for s in samples], [r for g in rewards for r in g],
+                             [i for i, g in enumerate(groups) for _ in g], e.vocab.pad, cfg.temperature)
+        if cfg.pi_old == "recompute":
+            with torch.no_grad():
+                batch.logp_old = token_logprobs(e.model, batch).cpu()
+        adv, kept = group_advantages(batch.rewards, batch.groups)
+        if not cfg.skip_zero_variance:
+            kept = torch.ones_like(kept)
+        weights, count = token_weights(batch, kept, cfg.loss_norm)
+        n_groups = len(groups)
+        n_kept = len(set(batch.groups[kept].tolist()))
+        total_count, total_groups, total_kept = all_sum([count, n_groups, n_kept], e.world)
+        stats["groups_skipped"] = 1.0 - total_kept / max(total_groups, 1)
+        return {"batch": batch, "adv": adv, "weights": weights, "denominator": total_count / e.world, "stats": stats}
+
+    def _reward_stats(self, groups: list[list[Sample]]) -> dict[str, float]:
+        samples = [s for g in groups for s in g]
+        stats = {"reward_mean": sum(s.score.value for s in samples) / len(samples),
+                 "correct_rate": sum(s.score.correct for s in samples) / len(samples),
+                 "response_tokens": sum(s.length for s in samples) / len(samples)}
+        by_key: dict[str, list[float]] = {}
+        for s in samples:
+            by_key.setdefault(f"reward/{s.task.domain}_{s.task.modality}", []).append(s.score.value)
+        stats.update({k: sum(v) / len(v) for k, v in sorted(by_key.items())})
+        return stats
+
+    def _apply_toggle(self, iteration, tasks, groups, rewards, stats) -> list[list[float]]:
+        cfg = self.cfg
+        now = tg.phase(iteration, cfg.toggle_m)
+        out, active, zeroed = [], 0, 0
+        for task, group, r in zip(tasks, groups, rewards):
+            res = tg.toggle_rewards(r, [s.length for s in group], self.budgets.get(task.id), now, cfg.toggle_lambda)
+            out.append(res.rewards)
+            active += res.active
+            zeroed += res.zeroed
+        n = sum(len(g) for g in groups)
+        stats.update({"toggle_phase": float(now), "toggle_active_fraction": active / len(tasks),
+                      "toggle_zeroed_fraction": zeroed / n, f"toggle_length_phase{now}": stats["response_tokens"]})
+        return out
+
+    # ---- one optimizer step
+    def step(self, step: int):
+        cfg = self.cfg
+        rollout = self.cache.get(step // cfg.updates_per_rollout)
+        batch: PolicyBatch = rollout["batch"]
+        logp = token_logprobs(self.engine.model, batch)
+        loss = k25_policy_loss(logp, batch.logp_old, rollout["adv"], rollout["weights"], cfg.ratio_low, cfg.ratio_high,
+                               cfg.kl_tau, rollout["denominator"])
+        stats = dict(rollout["stats"])
+        ratios = ratio_stats(logp, batch, cfg.ratio_low, cfg.ratio_high)
+        # the mismatch is measured at a batch's first update, when the trainer holds the weights
+        # the engine sampled with; later updates add the policy's own drift
+        if step % cfg.updates_per_rollout == 0:
+            rollout["mismatch_kl"] = ratios["mismatch_kl"]
+        ratios["mismatch_kl"] = rollout.get("mismatch_kl", ratios["mismatch_kl"])
+        stats.update(ratios)
+        stats["generation_share"] = self.gen_seconds / max(time.perf_counter() - self.t0, 1e-9)
+        return loss, stats, int(batch.mask.sum())
+
+    def close(self) -> None:
+        if self.kernel is not None:
+            self.kernel.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     spec, run = program_args(("rl",), argv)
-    problems = read_jsonl(gsm8k_path(run.data_root, "train"))
     engine = Engine(spec, run)
-    cfg = engine.spec
-    rollouts = Rollouts(engine, problems)
-
-    def step_fn(step: int):
-        batch = rollouts.cache.get(step // cfg.rl.updates_per_rollout)
-        loss, stats, tokens = policy_step(engine, batch, cfg.rl.group_size)
-        stats["correct_rate"] = float(batch["correct"].mean())
-        return loss, stats, tokens
-
-    engine.fit(step_fn, lambda: {"seed": cfg.train.seed})
+    rl = RLRun(engine, run.data_root)
+    try:
+        engine.fit(rl.step, lambda: {"seed": spec.train.seed, "toggle_budgets": rl.budgets.digest if rl.budgets else None})
+    finally:
+        rl.close()
 
 
 if __name__ == "__main__":

@@ -190,9 +190,11 @@ class RLConfig(Block):
     group_size: int = Field(4, gt=0)
     """Samples per prompt (the group of the group-mean baseline)."""
     max_new_tokens: int = Field(32, gt=0)
-    """Sampling budget per response."""
+    """Sampling budget per response (per assistant turn for tool tasks)."""
+    max_turns: int = Field(3, gt=0)
+    """Assistant turns of a tool task's agent loop."""
     temperature: float = Field(1.0, ge=0)
-    """Sampling temperature."""
+    """Sampling temperature (the log-probs of the ratio are of logits / temperature)."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling threshold."""
     updates_per_rollout: int = Field(2, gt=0)
@@ -203,13 +205,34 @@ class RLConfig(Block):
     """beta: tokens with pi/pi_old above it get no gradient [not stated]."""
     kl_tau: float = Field(0.01, ge=0)
     """tau of the squared log-ratio penalty [not stated]."""
-    format_reward: float = Field(0.2, ge=0)
-    """Rule reward for a well-formed but wrong final answer line (partial credit)."""
+    pi_old: Literal["engine", "recompute"] = "engine"
+    """pi_old of the ratio: the rollout engine's recorded log-probs (RECIPE.md §6.1, App. D), or the
+    trainer's re-forward at rollout time."""
+    loss_norm: Literal["prompt", "batch"] = "prompt"
+    """N of Eq. 1: the prompt's generated tokens with the loss averaged over prompts, or all the
+    batch's generated tokens."""
+    skip_zero_variance: bool = True
+    """Skip groups whose K rewards are all equal (no advantage); the share is logged."""
+    domains: str = "reasoning:0.3,knowledge:0.15,perception:0.3,instruction:0.15,tool:0.1"
+    """RL domains by ability and their weights in the task pool (agents/envs/rl_tasks.py)."""
+    pool_size: int = Field(256, gt=0)
+    """Tasks in the fixed pool (Toggle's budget pass samples each once)."""
+    toggle: bool = False
+    """Toggle (RECIPE.md §6.4, Eq. 2): alternate budget-limited and standard phases."""
+    toggle_lambda: float = Field(0.5, ge=0, le=1)
+    """lambda: the budget binds only prompts whose mean reward is at least this [not stated]."""
+    toggle_m: int = Field(8, gt=0)
+    """m: iterations per phase [not stated]."""
+    toggle_rho: float = Field(50.0, ge=0, le=100)
+    """rho: budget(x) is this percentile of the correct rollouts' lengths [not stated]."""
 
     @model_validator(mode="after")
     def _check(self):
         if not 0 < self.ratio_low < 1 < self.ratio_high:
             raise ValueError(f"need 0 < ratio_low < 1 < ratio_high (got {self.ratio_low}, {self.ratio_high})")
+        from agents.envs.domains import parse_domains
+
+        parse_domains(self.domains)
         return self
 
 

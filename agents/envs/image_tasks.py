@@ -253,6 +253,15 @@ def make_task(family: str, split: str, index: int, seed: int = 0) -> ImageTask:
     raise RuntimeError(f"could not build {family} task {index}")
 
 
+def media_pixels(image: np.ndarray) -> np.ndarray:
+    """An image as the pre-training loader feeds it: curation's NaViT resize and zero padding
+    (sides multiples of 28), with the tiny curation's patch budget."""
+    from curation.image_text import ImageCurationConfig, navit_resize
+
+    cfg = ImageCurationConfig()
+    return navit_resize(image, cfg.patch_limit, cfg.side_limit, cfg.min_side)
+
+
 # ---- answers
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")

@@ -13,7 +13,8 @@ from agents.engine import BatchingEngine, TokenOutput
 from agents.envs.image_tasks import make_task
 from agents.loop import LoopLimits, run_agent
 from agents.trajectory import check_provenance
-from evaluation.agent_suites import DISABLED, IPythonImageEnv, summarize_ipython_tools
+from agents.envs.ipython import DISABLED, IPythonImageEnv
+from evaluation.agent_suites import summarize_ipython_tools
 from model.config import model_preset
 from model.multimodal import K25Model
 

@@ -1,0 +1,26 @@
+"""RL domain names and the `rl.domains` weight string (kept free of heavy imports: the run spec
+validates it)."""
+
+from __future__ import annotations
+
+DOMAINS = ("reasoning", "knowledge", "perception", "instruction", "tool")
+
+
+def parse_domains(spec: str) -> dict[str, float]:
+    """`"reasoning:.3,perception:.4"` -> normalised weights (zero weights dropped); an unknown
+    domain, a bad number or no positive weight is an error."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, w = part.partition(":")
+        if name not in DOMAINS:
+            raise ValueError(f"unknown RL domain {name!r}; known: {list(DOMAINS)}")
+        try:
+            weights[name] = float(w) if w else 1.0
+        except ValueError:
+            raise ValueError(f"domain weight of {name!r} is not a number: {w!r}") from None
+        if weights[name] < 0:
+            raise ValueError(f"domain weight of {name!r} is negative")
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"domains {spec!r}: need at least one positive weight")
+    return {k: v / total for k, v in weights.items() if v > 0}
