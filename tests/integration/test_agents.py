@@ -11,9 +11,9 @@ import torch
 from agents.chat import render_turns
 from agents.engine import BatchingEngine, TokenOutput
 from agents.envs.image_tasks import make_task
+from agents.envs.ipython import DISABLED, IPythonImageEnv
 from agents.loop import LoopLimits, run_agent
 from agents.trajectory import check_provenance
-from agents.envs.ipython import DISABLED, IPythonImageEnv
 from evaluation.agent_suites import summarize_ipython_tools
 from model.config import model_preset
 from model.multimodal import K25Model
