@@ -79,6 +79,7 @@ class Engine:
         self.step = 0
         self.last_loss: float | None = None  # the loss of the last step trained (this run or the checkpoint's)
         self.loader_state: dict = {}
+        self.report_metadata: dict = {}  # a stage's own facts for its final report (e.g. RL's Toggle budgets)
         self._stop = False
         # A stop from the Dagster UI arrives as SIGINT (Pipes forwards it, torchrun passes it to every
         # rank), preemption as SIGTERM: both take one path, so a stop never loses work. Raising
@@ -370,6 +371,7 @@ class Engine:
             "loss_last": sum(tail) / len(tail) if tail else float("nan"),
             "train_seconds": round(seconds, 2),
         }
+        metadata.update(self.report_metadata)
         for key, points in self.reporter.history.items():  # headline values of stage metrics
             if key not in ("loss", "lr"):
                 metadata[f"last_{key}"] = round(points[-1][1], 5)

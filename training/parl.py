@@ -34,17 +34,9 @@ from model.multimodal import K25Model
 from training import checkpoint
 from training.data import gsm8k_path, read_jsonl
 from training.engine import Engine
-from training.policy import (
-    RolloutCache,
-    group_advantages,
-    k25_policy_loss,
-    policy_batch,
-    ratio_stats,
-    token_logprobs,
-    token_weights,
-)
+from training.policy import RolloutCache, group_advantages, policy_batch, token_weights
 from training.program import program_args
-from training.rl import all_sum, stable_seed
+from training.rl import PreparedBatch, all_sum, policy_loss, stable_seed
 
 
 def critical_steps(n_subtasks: int, n_agents: int) -> tuple[int, int]:
@@ -137,9 +129,10 @@ class Swarm:
                              vocab.pad, cfg.rl.temperature)
         adv, kept = group_advantages(batch.rewards, batch.groups)
         weights, count = token_weights(batch, kept, cfg.rl.loss_norm)
+        prepared = PreparedBatch(batch, adv, weights, count, len(set(batch.groups[kept].tolist())))
         total, = all_sum([count], e.world)
         stats["reward_mean"] = float(batch.rewards.mean())
-        return {"batch": batch, "adv": adv, "weights": weights, "denominator": total / e.world, "stats": stats}
+        return {"prepared": prepared, "denominator": total / e.world, "stats": stats}
 
     def _run_subagents(self, task: list[dict], n_agents: int) -> tuple[float, float, int]:
         cfg, vocab = self.engine.spec, self.engine.vocab
@@ -158,15 +151,11 @@ class Swarm:
     def step(self, step: int):
         cfg = self.engine.spec.rl
         rollout = self.cache.get(step // cfg.updates_per_rollout)
-        batch = rollout["batch"]
-        logp = token_logprobs(self.engine.model, batch)
-        loss = k25_policy_loss(logp, batch.logp_old, rollout["adv"], rollout["weights"], cfg.ratio_low, cfg.ratio_high,
-                               cfg.kl_tau, rollout["denominator"])
+        loss, ratios = policy_loss(self.engine.model, rollout["prepared"], cfg, rollout["denominator"])
         lam_par, lam_fin = self.lambdas(step)
         stats = {"reward_mean": rollout["stats"]["reward_mean"], "lambda_parallel": lam_par, "lambda_finish": lam_fin,
-                 **{f"swarm_{k}": v for k, v in rollout["stats"].items() if k != "reward_mean"}}
-        stats.update(ratio_stats(logp, batch, cfg.ratio_low, cfg.ratio_high))
-        return loss, stats, int(batch.mask.sum())
+                 **{f"swarm_{k}": v for k, v in rollout["stats"].items() if k != "reward_mean"}, **ratios}
+        return loss, stats, int(rollout["prepared"].batch.mask.sum())
 
 
 def main(argv: list[str] | None = None) -> None:

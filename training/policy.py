@@ -130,7 +130,7 @@ def ratio_stats(logp: torch.Tensor, batch: PolicyBatch, alpha: float, beta: floa
     ratio = log_ratio.exp()
     outside = ((ratio < alpha) | (ratio > beta)).float()
     d = torch.where(on, logp - batch.logp_engine.to(logp.device), zero)  # log pi_theta / pi_engine
-    k3 = d.exp() - 1 - d
+    k3 = (d.exp() - 1 - d).clamp_min(0)  # >= 0 in exact arithmetic; rounding can dip below
     return {"masked_fraction": float((outside * mask).sum() / n),
             "mean_abs_log_ratio": float((log_ratio.abs() * mask).sum() / n),
             "mismatch_kl": float((k3 * mask).sum() / n)}

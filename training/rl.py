@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,7 @@ from training.policy import (
 from training.program import program_args
 from training.reporting import fail
 from training.rollout import RolloutSettings, Sample, collect
+from training.spec import RLConfig
 
 
 def stable_seed(*parts) -> int:
@@ -58,6 +60,40 @@ def all_sum(values: list[float], world: int) -> list[float]:
     if world > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+@dataclass
+class PreparedBatch:
+    batch: PolicyBatch
+    advantages: torch.Tensor
+    weights: torch.Tensor
+    count: float  # this rank's share of the loss denominator (prompts or tokens)
+    kept_groups: int  # groups with reward variance (the others are skipped)
+
+
+def prepare_batch(groups: list[list[Sample]], rewards: list[list[float]], cfg: RLConfig, pad_id: int,
+                  model) -> PreparedBatch:
+    """A rollout's tensors for Eq. 1: trajectories and (possibly Toggle-shaped) rewards, pi_old
+    (recomputed by the trainer if `pi_old=recompute`), advantages, kept groups and token weights."""
+    samples = [s for g in groups for s in g]
+    batch = policy_batch([s.trajectory for s in samples], [r for g in rewards for r in g],
+                         [i for i, g in enumerate(groups) for _ in g], pad_id, cfg.temperature)
+    if cfg.pi_old == "recompute":
+        with torch.no_grad():
+            batch.logp_old = token_logprobs(model, batch).cpu()
+    adv, kept = group_advantages(batch.rewards, batch.groups)
+    if not cfg.skip_zero_variance:
+        kept = torch.ones_like(kept)
+    weights, count = token_weights(batch, kept, cfg.loss_norm)
+    return PreparedBatch(batch, adv, weights, count, len(set(batch.groups[kept].tolist())))
+
+
+def policy_loss(model, prepared: PreparedBatch, cfg: RLConfig, denominator: float) -> tuple[torch.Tensor, dict]:
+    """Eq. 1 on a prepared batch with the current weights, and its ratio diagnostics."""
+    logp = token_logprobs(model, prepared.batch)
+    loss = k25_policy_loss(logp, prepared.batch.logp_old, prepared.advantages, prepared.weights, cfg.ratio_low,
+                           cfg.ratio_high, cfg.kl_tau, denominator)
+    return loss, ratio_stats(logp, prepared.batch, cfg.ratio_low, cfg.ratio_high)
 
 
 class RLRun:
@@ -79,6 +115,12 @@ class RLRun:
         self.gen_seconds, self.t0 = 0.0, time.perf_counter()
         self.budgets = self._toggle_budgets() if cfg.toggle else None
         self.cache = RolloutCache(self.collect)
+        engine.report_metadata.update({"rl_pool_tasks": len(self.pool), "rl_domains": str(self.domains),
+                                       "rl_vision_critical_dropped": sum(self.dropped.values())})
+        if self.budgets is not None:
+            engine.report_metadata.update({
+                "toggle_budgets_uri": tg.budgets_uri(engine.spec.inputs.run_dir), "toggle_budgets_digest": self.budgets.digest,
+                "toggle_prompts_with_budget": round(self.budgets.share_with_budget(), 4)})
 
     def _kernel(self) -> Kernel:
         try:
@@ -138,21 +180,10 @@ class RLRun:
         rewards = [[s.score.value for s in g] for g in groups]
         if self.budgets is not None:
             rewards = self._apply_toggle(iteration, tasks, groups, rewards, stats)
-        samples = [s for g in groups for s in g]
-        batch = policy_batch([s.trajectory for s in samples], [r for g in rewards for r in g],
-                             [i for i, g in enumerate(groups) for _ in g], e.vocab.pad, cfg.temperature)
-        if cfg.pi_old == "recompute":
-            with torch.no_grad():
-                batch.logp_old = token_logprobs(e.model, batch).cpu()
-        adv, kept = group_advantages(batch.rewards, batch.groups)
-        if not cfg.skip_zero_variance:
-            kept = torch.ones_like(kept)
-        weights, count = token_weights(batch, kept, cfg.loss_norm)
-        n_groups = len(groups)
-        n_kept = len(set(batch.groups[kept].tolist()))
-        total_count, total_groups, total_kept = all_sum([count, n_groups, n_kept], e.world)
+        prepared = prepare_batch(groups, rewards, cfg, e.vocab.pad, e.model)
+        total_count, total_groups, total_kept = all_sum([prepared.count, len(groups), prepared.kept_groups], e.world)
         stats["groups_skipped"] = 1.0 - total_kept / max(total_groups, 1)
-        return {"batch": batch, "adv": adv, "weights": weights, "denominator": total_count / e.world, "stats": stats}
+        return {"prepared": prepared, "denominator": total_count / e.world, "stats": stats}
 
     def _reward_stats(self, groups: list[list[Sample]]) -> dict[str, float]:
         samples = [s for g in groups for s in g]
@@ -183,20 +214,15 @@ class RLRun:
     def step(self, step: int):
         cfg = self.cfg
         rollout = self.cache.get(step // cfg.updates_per_rollout)
-        batch: PolicyBatch = rollout["batch"]
-        logp = token_logprobs(self.engine.model, batch)
-        loss = k25_policy_loss(logp, batch.logp_old, rollout["adv"], rollout["weights"], cfg.ratio_low, cfg.ratio_high,
-                               cfg.kl_tau, rollout["denominator"])
-        stats = dict(rollout["stats"])
-        ratios = ratio_stats(logp, batch, cfg.ratio_low, cfg.ratio_high)
+        loss, ratios = policy_loss(self.engine.model, rollout["prepared"], cfg, rollout["denominator"])
         # the mismatch is measured at a batch's first update, when the trainer holds the weights
         # the engine sampled with; later updates add the policy's own drift
         if step % cfg.updates_per_rollout == 0:
             rollout["mismatch_kl"] = ratios["mismatch_kl"]
         ratios["mismatch_kl"] = rollout.get("mismatch_kl", ratios["mismatch_kl"])
-        stats.update(ratios)
+        stats = {**rollout["stats"], **ratios}
         stats["generation_share"] = self.gen_seconds / max(time.perf_counter() - self.t0, 1e-9)
-        return loss, stats, int(batch.mask.sum())
+        return loss, stats, int(rollout["prepared"].batch.mask.sum())
 
     def close(self) -> None:
         if self.kernel is not None:

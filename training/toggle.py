@@ -27,6 +27,10 @@ from infra import storage
 BUDGETS_FILE = "toggle_budgets.parquet"
 
 
+def budgets_uri(run_dir: str) -> str:
+    return storage.join(run_dir, BUDGETS_FILE)
+
+
 def phase(iteration: int, m: int) -> int:
     return (iteration // m) % 2
 
@@ -82,13 +86,13 @@ class Budgets:
         return cls(table, {r.task_id: int(r.n_correct) for r in frame.itertuples()}, data)
 
     def write(self, run_dir: str) -> str:
-        uri = storage.join(run_dir, BUDGETS_FILE)
+        uri = budgets_uri(run_dir)
         storage.write_bytes(uri, self.data)
         return uri
 
     @classmethod
     def load(cls, run_dir: str) -> "Budgets | None":
-        uri = storage.join(run_dir, BUDGETS_FILE)
+        uri = budgets_uri(run_dir)
         return cls._from_bytes(storage.read_bytes(uri)) if storage.exists(uri) else None
 
     def share_with_budget(self) -> float:

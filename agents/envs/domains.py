@@ -3,17 +3,23 @@ validates it)."""
 
 from __future__ import annotations
 
-DOMAINS = ("reasoning", "knowledge", "perception", "instruction", "tool")
+# domain -> its task families (agents/envs/rl_tasks.py builds each)
+FAMILIES = {"reasoning": ("text", "image"), "knowledge": ("text",), "perception": ("digit", "count", "locate", "ocr"),
+            "instruction": ("text",), "tool": ("image",)}
+DOMAINS = tuple(FAMILIES)
 
 
 def parse_domains(spec: str) -> dict[str, float]:
-    """`"reasoning:.3,perception:.4"` -> normalised weights (zero weights dropped); an unknown
-    domain, a bad number or no positive weight is an error."""
+    """`"reasoning:.3,perception:.4"` -> normalised weights (zero weights dropped). An entry is a
+    domain (all its families in turn) or one family, `perception.digit`. An unknown name, a bad
+    number or no positive weight is an error."""
     weights = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, w = part.partition(":")
-        if name not in DOMAINS:
-            raise ValueError(f"unknown RL domain {name!r}; known: {list(DOMAINS)}")
+        domain, _, family = name.partition(".")
+        if domain not in FAMILIES or (family and family not in FAMILIES[domain]):
+            known = list(DOMAINS) + [f"{d}.{f}" for d, fs in FAMILIES.items() for f in fs]
+            raise ValueError(f"unknown RL domain {name!r}; known: {known}")
         try:
             weights[name] = float(w) if w else 1.0
         except ValueError:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from agents.envs.domains import DOMAINS, parse_domains  # noqa: F401  (re-exported)
+from agents.envs.domains import DOMAINS, FAMILIES, parse_domains  # noqa: F401  (re-exported)
 from agents.envs.image_tasks import make_task, media_pixels
 from agents.rewards.instructions import describe
 
@@ -225,20 +225,19 @@ def tool_image(i, rng, root):
                   extra={"image_task": t})
 
 
-BUILDERS = {  # one entry per name of agents/envs/domains.py DOMAINS
-    "reasoning": (reasoning_text, reasoning_image),
-    "knowledge": (knowledge_text,),
-    "perception": (perception_digit, perception_count, perception_locate, perception_ocr),
-    "instruction": (instruction_text,),
-    "tool": (tool_image,),
+BUILDERS = {  # the families of agents/envs/domains.py FAMILIES
+    "reasoning": {"text": reasoning_text, "image": reasoning_image},
+    "knowledge": {"text": knowledge_text},
+    "perception": {"digit": perception_digit, "count": perception_count, "locate": perception_locate,
+                   "ocr": perception_ocr},
+    "instruction": {"text": instruction_text},
+    "tool": {"image": tool_image},
 }
 
 
-def build_pool(domains: dict[str, float], size: int, seed: int, data_root: str,
-               builders: dict | None = None) -> tuple[list[RLTask], dict[str, int]]:
-    """A fixed pool of `size` tasks drawn by domain weight (each domain's builders in turn),
+def build_pool(domains: dict[str, float], size: int, seed: int, data_root: str) -> tuple[list[RLTask], dict[str, int]]:
+    """A fixed pool of `size` tasks drawn by weight (a domain's families in turn),
     and how many image tasks the vision-critical filter dropped per domain."""
-    builders = builders or BUILDERS
     rng = random.Random(f"rl-pool:{seed}")
     names, weights = list(domains), list(domains.values())
     pool, dropped, made = [], {}, {d: 0 for d in names}
@@ -248,11 +247,12 @@ def build_pool(domains: dict[str, float], size: int, seed: int, data_root: str,
         if attempts > 20 * size:
             raise RuntimeError(f"could not build {size} vision-critical RL tasks (dropped: {dropped})")
         d = rng.choices(names, weights)[0]
-        fns = builders[d]
+        domain, _, family = d.partition(".")
+        fns = [BUILDERS[domain][family]] if family else list(BUILDERS[domain].values())
         task = fns[made[d] % len(fns)](len(pool), rng, data_root)
         made[d] += 1
         if not vision_critical(task):
-            dropped[d] = dropped.get(d, 0) + 1
+            dropped[task.domain] = dropped.get(task.domain, 0) + 1
             continue
         pool.append(task)
     return pool, dropped
