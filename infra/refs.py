@@ -151,6 +151,25 @@ class ToolDataRef(_Ref):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RFTDataRef(_Ref):
+    """Rejection-sampling data (rft_data): rft_data.json + rft.parquet, reward-1 RL trajectories."""
+
+    uri: str
+    digest: str
+    KEYS: ClassVar[dict[str, str]] = {"uri": "rft_data_uri", "digest": "digest"}
+
+    def verify(self) -> dict:
+        from training.rft import read_rft
+
+        try:
+            manifest, _ = read_rft(self.uri)
+        except (FileNotFoundError, ValueError) as e:
+            raise MissingReference(f"rejection-sampling data {self.uri}: {e}") from e
+        self._expect_digest(manifest["digest"], "rejection-sampling data")
+        return manifest
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckpointRef(_Ref):
     """A committed checkpoint: its folder, the sha256 of its manifest, its MLflow LoggedModel."""
 

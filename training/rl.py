@@ -32,6 +32,7 @@ from agents.engine import BatchingEngine
 from agents.envs.rl_tasks import RLTask, build_pool, parse_domains
 from agents.kernel import Kernel
 from agents.sandbox import SandboxUnavailable
+from training import rft
 from training import toggle as tg
 from training.engine import Engine
 from training.policy import (
@@ -176,6 +177,7 @@ class RLRun:
         rng = random.Random(f"{e.spec.train.seed}:{e.rank}:{iteration}")
         tasks = [self.pool[rng.randrange(len(self.pool))] for _ in range(cfg.prompts_per_step)]
         groups = self._sample(tasks, stable_seed("rollout", e.spec.train.seed, e.rank, iteration))
+        rft.write_shard(e.spec.inputs.run_dir, iteration, e.rank, rft.rft_rows(groups, iteration, e.rank))
         stats = self._reward_stats(groups)
         rewards = [[s.score.value for s in g] for g in groups]
         if self.budgets is not None:

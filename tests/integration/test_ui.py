@@ -40,7 +40,8 @@ def test_dg_dev_serves_the_asset_graph(tmp_path):
         assert deps["evaluation/sft"] == ["mixture", "sft"]
         assert deps["joint_pretrain"] == ["mixture", "vit_warmup"]
         assert deps["sft"] == ["midtrain", "mixture", "sft_tool_data"]
-        assert len(deps) == 17
+        assert deps["rft_data"] == ["rl"]
+        assert len(deps) == 18
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

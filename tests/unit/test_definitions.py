@@ -20,6 +20,7 @@ EXPECTED_DEPS = {
     "sft": {"mixture", "midtrain", "sft_tool_data"},
     "rl": {"mixture", "sft"},
     "parl": {"mixture", "rl"},
+    "rft_data": {"rl"},  # reward-1 vision trajectories of the RL run (rejection sampling)
     # one evaluation per evaluated stage, whose real input is that stage
     **{f"evaluation/{stage}": {"mixture", stage} for stage in ("joint_pretrain", "midtrain", "sft", "rl", "parl")},
 }
