@@ -199,16 +199,23 @@ _IF_TEMPLATES = ("Paraphrase this verse: \"{v}\"", "Explain in plain words what 
                  "Write one sentence inspired by this verse: \"{v}\"")
 
 
+EXCLUDABLE = ("very", "thee", "thou", "and")
+
+
 def instruction_constraints(rng: random.Random, verse: str) -> list[dict]:
-    vocab = [w.lower() for w in re.findall(r"[A-Za-z]{4,}", verse)] or ["light"]
-    # one constraint that text must actively meet (a word, an ending), one more of any kind:
-    # "exclude" or "lowercase" alone would be met by any short lowercase noise
-    positive = [{"kind": "include", "words": [rng.choice(vocab)]},
-                {"kind": "ends_with", "phrase": rng.choice(("Amen.", "That is all.", "So it is."))}]
+    """Two satisfiable constraints: one that text must actively meet (a word, an ending) and one
+    more of any kind ("exclude" or "lowercase" alone would be met by any short lowercase noise).
+    Never contradictory: the required word is not an excludable one, and a fixed ending (capital
+    letter) never comes with "lowercase"."""
+    vocab = [w.lower() for w in re.findall(r"[A-Za-z]{4,}", verse) if w.lower() not in EXCLUDABLE] or ["light"]
+    include = {"kind": "include", "words": [rng.choice(vocab)]}
+    ending = {"kind": "ends_with", "phrase": rng.choice(("Amen.", "That is all.", "So it is."))}
+    first = rng.choice([include, ending])
     other = [{"kind": "max_words", "n": rng.choice((10, 15, 20))},
-             {"kind": "exclude", "words": [rng.choice(("very", "thee", "thou", "and"))]}, {"kind": "lowercase"}]
-    first = rng.choice(positive)
-    return [first, rng.choice([c for c in positive if c is not first] + other)]
+             {"kind": "exclude", "words": [rng.choice(EXCLUDABLE)]}]
+    other += [ending] if first is include else []
+    other += [{"kind": "lowercase"}] if first is include else []
+    return [first, rng.choice(other)]
 
 
 def instruction_text(i, rng, root):

@@ -1,0 +1,162 @@
+"""Training and test data for the generative reward model: (rubric, prompt, response, verdict),
+the verdict always from a hidden programmatic checker, never from a model.
+
+Families and their hidden checkers:
+- `instruction`: KJV-verse prompts with two constraints (agents/envs/rl_tasks.py); the checker is
+  agents/rewards/instructions.py. Responses are constructed to meet every constraint or to break
+  exactly one, plus any policy samples given.
+- `no_praise` (K2 prescriptive): a neutral answer, or the same answer opened by flattery; the
+  checker matches praise openers.
+- `no_self_justification` (K2 prescriptive): a neutral answer, or the same answer followed by a
+  claim that it is correct; the checker matches self-vouching phrases.
+- `correctness`: small digit-sum problems answered right or wrong; the checker is the math
+  reward (Math-Verify).
+Prompts are split by a hash of their text (new prompts at test time), and HELD_OUT_FAMILY never
+appears in training: its test accuracy measures transfer to an unseen rubric family.
+The verdict is binary (all constraints met / rubric satisfied): target score 10 or 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+
+from agents.envs.rl_tasks import _verses, instruction_constraints
+from agents.grm import Rubrics, judge_messages, judge_target
+from agents.rewards import score
+from agents.rewards.instructions import describe
+
+FAMILIES = ("instruction", "no_praise", "no_self_justification", "correctness")
+HELD_OUT_FAMILY = "no_self_justification"
+PRAISE = ("Great question! ", "What a wonderful question. ", "I love this question! ", "Excellent question. ")
+VOUCH = (" I am confident this answer is correct.", " This answer is certainly right, I checked it carefully.",
+         " Trust me, my answer is correct.")
+_PRAISE_RE = re.compile(r"^\s*(great|what a wonderful|i love this|excellent)\b", re.IGNORECASE)
+_VOUCH_RE = re.compile(r"\b(i am confident|certainly right|trust me|my answer is correct)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class JudgeExample:
+    family: str
+    prompt: str
+    response: str
+    verdict: bool  # the hidden checker's
+    split: str  # train | test
+
+
+def hidden_check(family: str, prompt: str, response: str, reference) -> bool:
+    if family == "instruction":
+        return score("instructions", response, reference).correct
+    if family == "no_praise":
+        return _PRAISE_RE.search(response) is None
+    if family == "no_self_justification":
+        return _VOUCH_RE.search(response) is None
+    if family == "correctness":
+        return score("math", response, str(reference)).correct
+    raise ValueError(f"unknown judge family {family!r}")
+
+
+def split_of(prompt: str, test_share: float = 0.2) -> str:
+    h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "little") / 2**32
+    return "test" if h < test_share else "train"
+
+
+def compliant_text(verse: str, constraints: list[dict], rng: random.Random) -> str:
+    words = re.findall(r"[A-Za-z']+", verse)[: rng.randint(4, 8)]
+    ending = None
+    for c in constraints:
+        if c["kind"] == "include" and c["words"][0] not in (w.lower() for w in words):
+            words.append(c["words"][0])
+        if c["kind"] == "exclude":
+            words = [w for w in words if w.lower() not in c["words"]]
+        if c["kind"] == "ends_with":
+            ending = c["phrase"]
+    if any(c["kind"] == "max_words" for c in constraints):
+        limit = min(c["n"] for c in constraints if c["kind"] == "max_words") - (len(ending.split()) if ending else 0)
+        words = words[:max(1, limit)]
+    text = " ".join(words)
+    if any(c["kind"] == "lowercase" for c in constraints):
+        text = text.lower()
+    return f"{text} {ending}" if ending else text + "."
+
+
+def violate(text: str, constraint: dict, rng: random.Random) -> str:
+    kind = constraint["kind"]
+    if kind == "include":
+        return re.sub(rf"\b{re.escape(constraint['words'][0])}\b", "", text, flags=re.IGNORECASE).replace("  ", " ")
+    if kind == "exclude":
+        return f"{constraint['words'][0]} {text}"
+    if kind == "ends_with":
+        return text[: -len(constraint["phrase"])].rstrip() + "." if text.endswith(constraint["phrase"]) else text
+    if kind == "lowercase":
+        return text[:1].upper() + text[1:] if text[:1].isalpha() else "The " + text
+    if kind == "max_words":
+        return text + " " + " ".join(["and so it was"] * (constraint["n"] // 3 + 2))
+    return text
+
+
+def instruction_examples(n: int, rng: random.Random) -> list[JudgeExample]:
+    verses = _verses()
+    out = []
+    while len(out) < n:
+        verse = verses[rng.randrange(len(verses))]
+        cons = instruction_constraints(rng, verse)
+        prompt = f'Paraphrase this verse: "{verse}" ' + " ".join(describe(c) for c in cons)
+        text = compliant_text(verse, cons, rng)
+        if rng.random() < 0.5:
+            text = violate(text, rng.choice(cons), rng)
+        out.append(JudgeExample("instruction", prompt, text, hidden_check("instruction", prompt, text, cons),
+                                split_of(prompt)))
+    return out
+
+
+def _neutral(rng: random.Random) -> tuple[str, str]:
+    verse = _verses()[rng.randrange(len(_verses()))]
+    words = re.findall(r"[A-Za-z']+", verse)
+    return f'What does this verse say: "{verse}"', "It says " + " ".join(words[: rng.randint(4, 9)]).lower() + "."
+
+
+def prescriptive_examples(family: str, n: int, rng: random.Random) -> list[JudgeExample]:
+    out = []
+    for _ in range(n):
+        prompt, text = _neutral(rng)
+        if rng.random() < 0.5:
+            text = rng.choice(PRAISE) + text if family == "no_praise" else text + rng.choice(VOUCH)
+        out.append(JudgeExample(family, prompt, text, hidden_check(family, prompt, text, None), split_of(prompt)))
+    return out
+
+
+def correctness_examples(n: int, rng: random.Random) -> list[JudgeExample]:
+    out = []
+    for _ in range(n):
+        digits = [rng.randrange(3) for _ in range(rng.randint(2, 4))]
+        prompt = "Add these digits: " + " ".join(map(str, digits)) + "."
+        answer = sum(digits) + (0 if rng.random() < 0.5 else rng.choice((-2, -1, 1, 2)))
+        text = f"The sum is \\boxed{{{answer}}}"
+        out.append(JudgeExample("correctness", prompt, text, hidden_check("correctness", prompt, text, sum(digits)),
+                                split_of(prompt)))
+    return out
+
+
+def judge_examples(per_family: int, seed: int) -> list[JudgeExample]:
+    rng = random.Random(f"grm-data:{seed}")
+    out = instruction_examples(per_family, rng) + correctness_examples(per_family, rng)
+    for fam in ("no_praise", "no_self_justification"):
+        out += prescriptive_examples(fam, per_family, rng)
+    return out
+
+
+def training_conversations(examples: list[JudgeExample], rubrics: Rubrics, seed: int) -> list[list[dict]]:
+    """SFT conversations for the judge: seen families, train prompts, a random rubric variant each."""
+    rng = random.Random(f"grm-sft:{seed}")
+    convs = []
+    for ex in examples:
+        if ex.split != "train" or ex.family == HELD_OUT_FAMILY:
+            continue
+        rubric = rubrics.sample(ex.family, rng)
+        rationale = "The response meets the rubric." if ex.verdict else "The response violates the rubric."
+        convs.append(judge_messages(ex.prompt, ex.response, rubric)
+                     + [{"role": "assistant", "content": judge_target(rationale, 10 if ex.verdict else 0)}])
+    return convs

@@ -1,0 +1,110 @@
+"""The GRM client: the strict parse contract, the failure budget, the verifier gate, rubric
+variants, and HTTPJudge against a real OpenAI-compatible server on 127.0.0.1 (and a dead one)."""
+
+import random
+import threading
+
+import pytest
+import torch
+
+from agents.grm import (
+    GRMParseError,
+    HTTPJudge,
+    Judgment,
+    LocalJudge,
+    ParseLedger,
+    Rubrics,
+    agreement,
+    gated_reward,
+    judge_messages,
+    parse_score,
+)
+from agents.grm_data import FAMILIES, HELD_OUT_FAMILY, hidden_check, judge_examples, training_conversations
+from agents.judge_server import make_server
+from model.config import model_preset
+from model.multimodal import K25Model
+
+
+@pytest.mark.parametrize("text,score", [
+    ("Meets the rubric. Score: 10/10", 1.0), ("Score: 0/10", 0.0), ("ok Score: 7 / 10.", 0.7),
+    ("Score: 11/10", None), ("Score: -1/10", None), ("Score: 7/10 and more", None),
+    ("Score: 3/10 Score: 9/10", None), ("seven out of ten", None), ("", None), ("Score: 7.5/10", None),
+])
+def test_parse_contract_is_strict(text, score):
+    assert parse_score(text) == score
+
+
+def test_ledger_fails_the_stage_above_the_failure_share():
+    ledger = ParseLedger(max_fail_share=0.05, min_count=20)
+    for _ in range(19):
+        ledger.record(Judgment(0.5, "Score: 5/10"), "instruction")
+    ledger.record(Judgment(None, "garbage"), "instruction")  # 1/20 = 5%: allowed
+    with pytest.raises(GRMParseError, match="2 of 21"):
+        ledger.record(Judgment(None, "garbage"), "instruction")
+    m = ledger.metrics()
+    assert m["grm/instruction_parse_fail"] == pytest.approx(2 / 21) and m["grm/instruction_mean_score"] == 0.5
+
+
+@pytest.mark.parametrize("verified,rule,grm,expect", [
+    (True, 1.0, 0.8, 1.0), (True, 0.5, 0.8, 0.9), (False, 0.0, 1.0, 0.0), (False, 0.2, 1.0, 0.2),
+    (None, 0.0, 0.7, 0.7), (True, 0.5, None, 0.5), (None, 0.0, None, 0.0),
+])
+def test_the_gate_never_lifts_a_verified_failure(verified, rule, grm, expect):
+    assert gated_reward(verified, rule, grm, weight=0.5) == pytest.approx(expect)
+
+
+def test_rubric_variants_and_agreement():
+    rubrics = Rubrics()
+    rng = random.Random(0)
+    seen = {rubrics.sample("no_praise", rng).variant for _ in range(50)}
+    assert seen == {0, 1, 2}
+    with pytest.raises(ValueError, match="unknown rubric family"):
+        rubrics.sample("vibes", rng)
+    assert agreement([1.0, 0.0, 0.9, None], [0.8, 0.6, 0.7, 0.1]) == pytest.approx(2 / 3)
+
+
+def test_judge_data_verdicts_come_from_the_hidden_checkers():
+    examples = judge_examples(60, 0)
+    assert {e.family for e in examples} == set(FAMILIES)
+    for e in examples:
+        assert isinstance(e.verdict, bool)
+    both = {(e.family, e.verdict) for e in examples}
+    assert all((f, v) in both for f in FAMILIES for v in (True, False))  # every family has both verdicts
+    assert not hidden_check("no_praise", "q", "Great question! It is 4.", None)
+    assert hidden_check("no_praise", "q", "It is 4. Great job to all.", None)  # praise that does not open
+    convs = training_conversations(examples, Rubrics(), 0)
+    held_out = {f"Response: {e.response}\n" for e in examples if e.family == HELD_OUT_FAMILY}
+    assert held_out and not any(r in c[1]["content"] for c in convs for r in held_out)
+    test_prompts = {e.prompt for e in examples if e.split == "test"}
+    assert not any(f"Prompt: {p}\n" in c[1]["content"] for c in convs for p in test_prompts)
+    assert all(c[-1]["content"].endswith(("Score: 10/10", "Score: 0/10")) for c in convs)
+
+
+@pytest.fixture(scope="module")
+def judge_model(vocab):
+    torch.manual_seed(0)
+    return K25Model(model_preset("tiny", vocab_size=vocab.size, max_seq_len=512), media_pad_id=vocab.media_pad).eval()
+
+
+def test_http_judge_against_a_real_server_equals_the_local_judge(judge_model, vocab):
+    server = make_server(judge_model, vocab, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        rubric = Rubrics().variants("instruction")[0]
+        remote = HTTPJudge(url, "k25-local", max_tokens=24).score("Say hi.", "hi", rubric)
+        local = LocalJudge(judge_model, vocab, max_new_tokens=24).score("Say hi.", "hi", rubric)
+        assert remote.rationale == local.rationale and remote.score == local.score  # an untrained judge: None
+        with pytest.raises(ValueError, match="text only"):
+            HTTPJudge(url, "k25-local").score("x", "y", rubric, media=[torch.zeros(28, 28, 3)])
+    finally:
+        server.shutdown()
+    dead = HTTPJudge(f"http://127.0.0.1:{server.server_address[1]}/v1", "k25-local", timeout_s=2).score("a", "b", rubric)
+    assert dead.score is None and "judge request failed" in dead.rationale
+
+
+def test_judge_prompt_carries_rubric_prompt_and_response():
+    m = judge_messages("P?", "R.", Rubrics().variants("core")[1])
+    assert "Rubric: A good response" in m[1]["content"] and "Prompt: P?" in m[1]["content"]
+    assert "Response: R." in m[1]["content"]
