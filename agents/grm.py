@@ -164,7 +164,7 @@ def agreement(scores_a: list[float | None], scores_b: list[float | None], thresh
 class LocalJudge:
     """A judge checkpoint served by our batching engine (greedy, bounded rationale)."""
 
-    def __init__(self, model, vocab, slots: int = 16, max_new_tokens: int = 24):
+    def __init__(self, model, vocab, slots: int = 16, max_new_tokens: int = 48):
         self.vocab = vocab
         self.engine = BatchingEngine(model, slots=slots, decode=vocab.decode)
         self.sampling = SamplingParams(max_new_tokens, 0.0, 1.0, 0, stop_ids=(vocab.im_end, vocab.eos))

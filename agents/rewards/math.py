@@ -32,7 +32,11 @@ def _gold(reference: str) -> list:
 def math_answer(response: str) -> list:
     """Math-Verify's reading of the response's visible answer ([] when there is none)."""
     text = strip_reasoning(response)[-MAX_RESPONSE_CHARS:]
-    if not text.strip():
+    if "####" in text and "\\boxed" not in text:
+        # GSM8K's answer line is the answer, whatever numbers the worked solution shows before it
+        # (Math-Verify alone reads "33.333...%, which rounds down to 33%\n#### 33" as 33.333)
+        text = "$" + text.rsplit("####", 1)[1].strip().split("\n", 1)[0] + "$"
+    if not text.strip("$ \n"):
         return []
     return parse(text, parsing_timeout=_timeout())
 

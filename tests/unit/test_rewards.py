@@ -20,6 +20,8 @@ MATH = [
     ("The answer is **18**.", "18", True),
     ("so the total is \\boxed{\\frac{1}{2}}", "0.5", True),
     ("#### 1,234", "1234", True),
+    ("32 / 96 * 100% = 33.333...%, which rounds down to 33%\n#### 33", "33", True),  # the answer line wins
+    ("####", "33", False),
     ("\\boxed{52_8}", "52_{8}", True),
     ("\\boxed{\\{1,-2\\}}", "\\{1,-2\\}", True),
     ("<think>maybe 7</think>The answer is \\boxed{8}", "8", True),
