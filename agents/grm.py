@@ -20,10 +20,10 @@ prompt and a response, writes a short rationale and ends with `Score: k/10`.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import random
 import re
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -144,15 +144,15 @@ class ParseLedger:
 
 
 def gated_reward(verified: bool | None, rule_reward: float, grm_score: float | None, weight: float) -> float:
-    """r = r_rule + w * grm where a verifier exists and passed; the rule reward alone where it
-    failed (a GRM never lifts a verified failure); r = grm where no verifier exists. A judgment
-    that did not parse adds nothing. The result is clipped to [0, 1]."""
+    """(1 - w) * r_rule + w * grm where a verifier exists and passed (the GRM ranks verified
+    answers among themselves); the rule reward alone where it failed (a GRM never lifts a
+    verified failure); r = grm where no verifier exists. A judgment that did not parse adds 0."""
     grm = grm_score or 0.0
     if verified is None:
         return grm
     if not verified:
         return rule_reward
-    return min(1.0, rule_reward + weight * grm)
+    return (1 - weight) * rule_reward + weight * grm
 
 
 def agreement(scores_a: list[float | None], scores_b: list[float | None], threshold: float = 0.5) -> float:
@@ -209,6 +209,6 @@ class HTTPJudge:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
                 data = json.loads(reply.read())
             text = data["choices"][0]["message"]["content"] or ""
-        except (urllib.error.URLError, TimeoutError, KeyError, IndexError, ValueError) as e:
+        except (OSError, http.client.HTTPException, KeyError, IndexError, TypeError, ValueError) as e:
             return Judgment(None, f"judge request failed: {type(e).__name__}: {e}")
         return Judgment(parse_score(text), text)

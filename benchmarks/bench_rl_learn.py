@@ -7,8 +7,9 @@ Per seed, in one process (the shipped RL pieces, minus torchrun):
   1. a fresh tiny K25Model and the tiny tokenizer;
   2. a warm-up by cross-entropy that teaches the answer format but not the rewarded choice:
      - `amen` (the acceptance task): instruction-following prompts built from real KJV verses,
-       each saying "End your answer with the exact phrase "Amen."". Warm-up answers are a few
-       words of the verse, ending with "Amen." only a quarter of the time (reward starts ~0.25).
+       each saying "End your answer with the exact phrase "Amen." Answer in at least 4 words."
+       (the phrase alone fails). Warm-up answers are 3-6 words of the verse, ending with "Amen."
+       only a quarter of the time (reward starts ~0.2).
      - `digit`: "Which digit is shown?" with a scikit-learn digit image (index < 1200, classes
        `--digits`); warm-up rows are captions of the image (vision features, as the pipeline's ViT
        warm-up gives them) and answers `\\boxed{d}` with d random (the format, not the mapping).
@@ -35,6 +36,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 AMEN = {"kind": "ends_with", "phrase": "Amen."}
+CONTENT = {"kind": "min_words", "n": 4}  # the phrase alone is not an answer
 
 
 def amen_tasks(n: int, seed: int):
@@ -44,8 +46,9 @@ def amen_tasks(n: int, seed: int):
     rng = random.Random(f"amen:{seed}")
     verses = _verses()
     picks = [verses[rng.randrange(len(verses))] for _ in range(n)]
-    return [RLTask(f"amen/{i}", "instruction", "text", f'Paraphrase this verse: "{v}" {describe(AMEN)}', "instructions",
-                   [AMEN], answer_text=v) for i, v in enumerate(picks)]
+    return [RLTask(f"amen/{i}", "instruction", "text",
+                   f'Paraphrase this verse: "{v}" {describe(AMEN)} {describe(CONTENT)}', "instructions",
+                   [AMEN, CONTENT], answer_text=v) for i, v in enumerate(picks)]
 
 
 def digit_tasks(n: int, seed: int, digits: str, data_root: str):

@@ -305,12 +305,18 @@ class Engine:
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
             loss, metrics, n_tokens = step_fn(self.step)
-            if loss.requires_grad:  # a step_fn may run its own backward (DEP does)
+            # a step_fn may ask to skip the update (RL: every group skipped on every rank, so the
+            # decision is the same everywhere); momentum and weight decay must not move the weights
+            skip = bool(metrics.pop("skip_update", 0.0))
+            if loss.requires_grad and not skip:  # a step_fn may run its own backward (DEP does)
                 self._backward(loss)
-            grad_norm = self._optimizer_step()
-            if self.spec.optimizer.name == "muonclip" and "llm" in self.spec.train.trainable:  # never rescale frozen q/k
+            grad_norm = 0.0 if skip else self._optimizer_step()
+            if skip:
+                metrics["updates_skipped"] = 1.0
+            elif self.spec.optimizer.name == "muonclip" and "llm" in self.spec.train.trainable:  # never rescale frozen q/k
                 metrics.update(self._qk_clip())
-            metrics.update(self._update_router_bias())
+            if not skip:
+                metrics.update(self._update_router_bias())
             loss_value = float(loss.detach())
             if self.world > 1:
                 t = torch.tensor([loss_value], device=self.device)

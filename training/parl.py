@@ -130,7 +130,7 @@ class Swarm:
         adv, kept = group_advantages(batch.rewards, batch.groups)
         weights, count = token_weights(batch, kept, cfg.rl.loss_norm)
         prepared = PreparedBatch(batch, adv, weights, count, len(set(batch.groups[kept].tolist())))
-        total, = all_sum([count], e.world)
+        total, = all_sum([count], e.world, e.device)
         stats["reward_mean"] = float(batch.rewards.mean())
         return {"prepared": prepared, "denominator": total / e.world, "stats": stats}
 

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -110,9 +111,10 @@ def k25_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torc
     # Off-mask positions never enter: a prompt position whose target is `<|media_pad|>` has log-prob
     # -inf, and 0 * inf would poison the sum with NaN.
     log_ratio = torch.where(weights > 0, logp - logp_old, torch.zeros_like(logp))
-    ratio = log_ratio.exp()
-    m = ((ratio >= alpha) & (ratio <= beta)).float().detach()
-    per_token = -m * ratio * advantages[:, None] + tau * log_ratio.pow(2)
+    m = ((log_ratio >= math.log(alpha)) & (log_ratio <= math.log(beta))).detach()
+    # rho only where the mask keeps it: a far-off-policy token (rho = inf) must give 0, not 0 * inf
+    ratio = torch.where(m, log_ratio.clamp(max=math.log(beta)).exp(), torch.zeros_like(log_ratio))
+    per_token = -ratio * advantages[:, None] + tau * log_ratio.pow(2)
     return (weights * per_token).sum() / max(denominator, 1e-12)
 
 

@@ -45,7 +45,9 @@ def rft_rows(groups, iteration: int, rank: int) -> list[dict]:
     rows = []
     for group in groups:
         for member, s in enumerate(group):
-            if s.task.modality != "image" or s.score.value < 1.0:
+            # tool tasks are left out: their trajectory is a multi-turn conversation with a system
+            # prompt and tool results that the prompt/response columns cannot hold
+            if s.task.modality != "image" or s.task.reward == "tool" or s.score.value < 1.0:
                 continue
             t = s.trajectory.tensors()
             model = [seg for seg in s.trajectory.segments if seg.loss_mask]

@@ -56,11 +56,12 @@ def stable_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
 
 
-def all_sum(values: list[float], world: int) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
+def all_sum(values: list[float], world: int, device="cpu") -> list[float]:
+    """Sums over the data-parallel ranks (on the training device: NCCL groups take no CPU tensors)."""
+    t = torch.tensor(values, dtype=torch.float64 if str(device) == "cpu" else torch.float32, device=device)
     if world > 1:
         dist.all_reduce(t)
-    return t.tolist()
+    return t.cpu().tolist()
 
 
 @dataclass
@@ -146,6 +147,9 @@ class RLRun:
         run_dir = e.spec.inputs.run_dir
         found = tg.Budgets.load(run_dir)
         if found is not None:
+            if set(found.table) != {t.id for t in self.pool}:
+                fail(f"{tg.budgets_uri(run_dir)} holds budgets for another task pool (rl.domains, rl.pool_size or "
+                     "train.seed changed since it was written); use a new run folder")
             e.reporter.log(f"Toggle budgets read from {run_dir} (digest {found.digest[:12]}); not re-estimated")
             return found
         e.reporter.log(f"Toggle budget pass: {self.cfg.group_size} samples for each of {len(self.pool)} pool tasks")
@@ -183,9 +187,14 @@ class RLRun:
         if self.budgets is not None:
             rewards = self._apply_toggle(iteration, tasks, groups, rewards, stats)
         prepared = prepare_batch(groups, rewards, cfg, e.vocab.pad, e.model)
-        total_count, total_groups, total_kept = all_sum([prepared.count, len(groups), prepared.kept_groups], e.world)
-        stats["groups_skipped"] = 1.0 - total_kept / max(total_groups, 1)
-        return {"prepared": prepared, "denominator": total_count / e.world, "stats": stats}
+        n = sum(len(g) for g in groups)
+        local = [prepared.count, len(groups), prepared.kept_groups, n,
+                 stats["reward_mean"] * n, stats["correct_rate"] * n, stats["response_tokens"] * n]
+        count, n_groups, kept, n_all, reward, correct, tokens = all_sum(local, e.world, e.device)
+        # the headline figures are over every rank's samples (per-domain ones are this rank's)
+        stats.update(reward_mean=reward / n_all, correct_rate=correct / n_all, response_tokens=tokens / n_all,
+                     groups_skipped=1.0 - kept / max(n_groups, 1))
+        return {"prepared": prepared, "denominator": count / e.world, "stats": stats}
 
     def _reward_stats(self, groups: list[list[Sample]]) -> dict[str, float]:
         samples = [s for g in groups for s in g]
@@ -224,6 +233,8 @@ class RLRun:
         ratios["mismatch_kl"] = rollout.get("mismatch_kl", ratios["mismatch_kl"])
         stats = {**rollout["stats"], **ratios}
         stats["generation_share"] = self.gen_seconds / max(time.perf_counter() - self.t0, 1e-9)
+        if rollout["denominator"] == 0:  # every group on every rank skipped: nothing to learn from
+            stats["skip_update"] = 1.0
         return loss, stats, int(rollout["prepared"].batch.mask.sum())
 
     def close(self) -> None:

@@ -320,6 +320,11 @@ class StageSpec(Block):
         for block in POST_TRAINING_BLOCKS.get(self.stage, ()):
             if getattr(self, block) is None:
                 errors.append(f"stage {self.stage!r} needs the {block!r} block")
+        if self.rl is not None and self.checkpoint.every % self.rl.updates_per_rollout:
+            # a checkpoint inside a rollout batch would be resumed with regenerated rollouts from
+            # partly updated weights: not the batch the interrupted run trained on
+            errors.append(f"checkpoint.every={self.checkpoint.every} must be a multiple of "
+                          f"rl.updates_per_rollout={self.rl.updates_per_rollout}")
         errors += self._phase_errors()
         if errors:
             raise ValueError("; ".join(errors))

@@ -203,8 +203,9 @@ EXCLUDABLE = ("very", "thee", "thou", "and")
 
 
 def instruction_constraints(rng: random.Random, verse: str) -> list[dict]:
-    """Two satisfiable constraints: one that text must actively meet (a word, an ending) and one
-    more of any kind ("exclude" or "lowercase" alone would be met by any short lowercase noise).
+    """Three satisfiable constraints: one that text must actively meet (a word, an ending), one
+    more of any kind ("exclude" or "lowercase" alone would be met by any short lowercase noise)
+    and at least five words.
     Never contradictory: the required word is not an excludable one, and a fixed ending (capital
     letter) never comes with "lowercase"."""
     vocab = [w.lower() for w in re.findall(r"[A-Za-z]{4,}", verse) if w.lower() not in EXCLUDABLE] or ["light"]
@@ -215,7 +216,8 @@ def instruction_constraints(rng: random.Random, verse: str) -> list[dict]:
              {"kind": "exclude", "words": [rng.choice(EXCLUDABLE)]}]
     other += [ending] if first is include else []
     other += [{"kind": "lowercase"}] if first is include else []
-    return [first, rng.choice(other)]
+    # a content floor: without it the required word or phrase alone would satisfy the prompt
+    return [first, rng.choice(other), {"kind": "min_words", "n": 5}]
 
 
 def instruction_text(i, rng, root):

@@ -1,7 +1,8 @@
 """Instruction-following checkers (IFEval-style verifiable constraints).
 
 A constraint is a dict with a `kind` and its parameters; a prompt carries a list of them and
-the reward is the share satisfied (all of them: `correct`). The checkers read the visible answer
+the reward is 1 only when every one is satisfied (IFEval's strict reading): partial credit would
+pay a one-word reply for every "exclude" or "max_words" it trivially meets. The checkers read the visible answer
 (reasoning blocks removed); an empty answer satisfies nothing, not even "exclude a word".
 
     [{"kind": "max_words", "n": 30}, {"kind": "include", "words": ["light"]},
@@ -84,11 +85,11 @@ def check(text: str, constraint: dict) -> bool:
 
 
 def instruction_score(response: str, reference: list[dict]) -> Score:
-    """`reference`: the prompt's constraints. Value: the share satisfied."""
+    """`reference`: the prompt's constraints. Value 1 when all are met, else 0; `extracted`: which."""
     if not reference:
         raise ValueError("an instruction-following prompt needs at least one constraint")
     text = strip_reasoning(response)[-MAX_RESPONSE_CHARS:].strip()
     if not text:
         return ZERO
     met = [check(text, c) for c in reference]
-    return Score(sum(met) / len(met), all(met), met)
+    return Score(float(all(met)), all(met), met)

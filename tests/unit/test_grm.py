@@ -46,8 +46,8 @@ def test_ledger_fails_the_stage_above_the_failure_share():
 
 
 @pytest.mark.parametrize("verified,rule,grm,expect", [
-    (True, 1.0, 0.8, 1.0), (True, 0.5, 0.8, 0.9), (False, 0.0, 1.0, 0.0), (False, 0.2, 1.0, 0.2),
-    (None, 0.0, 0.7, 0.7), (True, 0.5, None, 0.5), (None, 0.0, None, 0.0),
+    (True, 1.0, 0.8, 0.9), (True, 1.0, 0.2, 0.6), (False, 0.0, 1.0, 0.0), (False, 0.2, 1.0, 0.2),
+    (None, 0.0, 0.7, 0.7), (True, 1.0, None, 0.5), (None, 0.0, None, 0.0),
 ])
 def test_the_gate_never_lifts_a_verified_failure(verified, rule, grm, expect):
     assert gated_reward(verified, rule, grm, weight=0.5) == pytest.approx(expect)

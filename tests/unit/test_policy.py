@@ -125,6 +125,18 @@ def test_masked_positions_never_enter_ratio_or_normaliser():
     assert ratio_stats(logp, batch, 0.5, 2.0)["masked_fraction"] == 0.0
 
 
+def test_a_far_off_policy_token_gives_zero_not_nan():
+    # an engine log-prob near -inf makes rho overflow; the token is outside the band: no NaN
+    old = torch.tensor([[-200.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    logp = torch.full((2, 3), -1.0, requires_grad=True)
+    batch = batch_of(torch.ones(2, 3), [1.0, 0.0], [0, 0], old)
+    adv, kept = group_advantages(batch.rewards, batch.groups)
+    weights, count = token_weights(batch, kept, "prompt")
+    loss = k25_policy_loss(logp, batch.logp_old, adv, weights, 0.5, 2.0, 0.0, count)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all() and logp.grad[0, 0] == 0
+
+
 # ---- 2 ranks vs 1
 
 def _free_port():

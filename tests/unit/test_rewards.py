@@ -190,7 +190,7 @@ def test_instructions_table():
             {"kind": "exclude", "words": ["very"]}, {"kind": "ends_with", "phrase": "Amen."}]
     assert score("instructions", "Let there be light. Amen.", cons).correct
     partial = score("instructions", "Let there be very bright light indeed, a lot of it", cons)
-    assert partial.value == pytest.approx(1 / 4)
+    assert partial.value == 0 and partial.extracted == [False, True, False, False]  # no partial credit
     assert score("instructions", "", [{"kind": "exclude", "words": ["x"]}]).value == 0
     assert score("instructions", "<think>light Amen.</think>", cons).value == 0
     # word boundaries: "delight" does not contain the word "light"

@@ -124,7 +124,9 @@ def test_out_of_range_values_are_rejected(overrides, message):
 
 @pytest.mark.parametrize("overrides,message", [
     ({"rl.ratio_low": "1.5"}, "ratio_low"), ({"rl.ratio_low": "0"}, "ratio_low"),
-    ({"rl.ratio_high": "0.9"}, "ratio_high"), ({"rl.group_size": "0"}, "rl.group_size")])
+    ({"rl.ratio_high": "0.9"}, "ratio_high"), ({"rl.group_size": "0"}, "rl.group_size"),
+    ({"rl.domains": "vision:1"}, "unknown RL domain"), ({"rl.pi_old": "trainer"}, "pi_old"),
+    ({"rl.loss_norm": "token"}, "loss_norm"), ({"checkpoint.every": "3"}, "multiple of rl.updates_per_rollout")])
 def test_rl_block_is_validated(overrides, message):
     with pytest.raises(SpecError, match=message):
         recipes.resolve_stage("tiny", "rl", overrides)
