@@ -34,7 +34,7 @@ from model.multimodal import K25Model
 from training import checkpoint
 from training.data import gsm8k_path, read_jsonl
 from training.engine import Engine
-from training.policy import RolloutCache, group_advantages, policy_batch, token_weights
+from training.policy import RolloutCache, group_advantages, policy_batch, token_logprobs, token_weights
 from training.program import program_args
 from training.rl import PreparedBatch, all_sum, policy_loss, stable_seed
 
@@ -127,7 +127,11 @@ class Swarm:
                     stats[k] += v / n
         batch = policy_batch([t for g in plans for t in g], rewards, [i for i, g in enumerate(plans) for _ in g],
                              vocab.pad, cfg.rl.temperature)
+        if cfg.rl.pi_old == "recompute":
+            batch.logp_old = token_logprobs(e.model, batch).cpu()
         adv, kept = group_advantages(batch.rewards, batch.groups)
+        if not cfg.rl.skip_zero_variance:
+            kept = torch.ones_like(kept)
         weights, count = token_weights(batch, kept, cfg.rl.loss_norm)
         prepared = PreparedBatch(batch, adv, weights, count, len(set(batch.groups[kept].tolist())))
         total, = all_sum([count], e.world, e.device)
