@@ -37,23 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def ce_train(model, vocab, conversations: list[list[dict]], steps: int, lr: float, seed: int, batch: int = 16) -> float:
-    from training.data import encode_conversation
+    from benchmarks.harness import ce_train as train
 
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
-    loss = torch.tensor(0.0)
-    for _ in range(steps):
-        rows = [encode_conversation(c, vocab) for c in rng.sample(conversations, batch)]
-        width = max(len(i) for i, _ in rows)
-        tokens = torch.tensor([i + [vocab.pad] * (width - len(i)) for i, _ in rows])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
-        loss = model.loss(tokens[:, :-1], labels[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return float(loss.detach())
+    return train(model, vocab, lambda rng: rng.sample(conversations, batch), steps, lr, seed)
 
 
 def judge_accuracy(judge, examples, rubrics, ledger, seed: int) -> tuple[dict[str, float], float]:

@@ -73,28 +73,11 @@ def warmup_answer(task, rng: random.Random, digits: str) -> list[dict]:
 
 
 def warmup(model, vocab, tasks, steps: int, lr: float, seed: int, digits: str) -> float:
-    """Cross-entropy on warm-up conversations, 8 per step; returns the last loss."""
-    from agents.chat import media_of
-    from training.data import encode_conversation
+    """Cross-entropy on warm-up conversations, 8 per step, constant lr; returns the last loss."""
+    from benchmarks.harness import ce_train
 
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    loss = torch.tensor(0.0)
-    for _ in range(steps):
-        rows = []
-        for task in rng.sample(tasks, 8):
-            messages = warmup_answer(task, rng, digits)
-            ids, labels = encode_conversation(messages, vocab)
-            rows.append((ids, labels, media_of(messages)))
-        width = max(len(r[0]) for r in rows)
-        tokens = torch.tensor([ids + [vocab.pad] * (width - len(ids)) for ids, _, _ in rows])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, _ in rows])
-        media = [m for _, _, ms in rows for m in ms]
-        loss = model.loss(tokens[:, :-1], labels[:, 1:], vision_items=media or None)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return float(loss.detach())
+    return ce_train(model, vocab, lambda rng: [warmup_answer(t, rng, digits) for t in rng.sample(tasks, 8)],
+                    steps, lr, seed, schedule=False)
 
 
 def run_seed(vocab, seed: int, task: str, iterations: int, warmup_steps: int, prompts: int, group: int,

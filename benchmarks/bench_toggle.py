@@ -81,25 +81,12 @@ def task_of(p: Problem):
 
 
 def sft(model, vocab, pool: list[Problem], steps: int, lr: float, seed: int) -> float:
-    from training.data import encode_conversation
+    from benchmarks.harness import ce_train
 
-    rng = random.Random(f"sft:{seed}")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
-    loss = torch.tensor(0.0)
-    for _ in range(steps):
-        rows = [encode_conversation([{"role": "user", "content": p.question},
-                                     {"role": "assistant", "content": trace(p, rng.randint(0, 3))}], vocab)
+    def draw(rng):
+        return [[{"role": "user", "content": p.question}, {"role": "assistant", "content": trace(p, rng.randint(0, 3))}]
                 for p in rng.sample(pool, 16)]
-        width = max(len(i) for i, _ in rows)
-        tokens = torch.tensor([i + [vocab.pad] * (width - len(i)) for i, _ in rows])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
-        loss = model.loss(tokens[:, :-1], labels[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    return float(loss.detach())
+    return ce_train(model, vocab, draw, steps, lr, f"sft:{seed}")
 
 
 def sample(model, vocab, probs: list[Problem], k: int, max_tokens: int, temperature: float, seed: int):

@@ -11,26 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from curation.image_text import ImageCurationConfig, curate_image_text
-from curation.mixture import build_mixture
-from curation.text import TextCurationConfig, curate_text
-from curation.tokenizer import train_tokenizer
-from curation.video import VideoCurationConfig, curate_video
 from training import checkpoint
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def mixture_uri(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mix")
-    text = curate_text(str(out / "text"), TextCurationConfig(max_docs_per_source=20))
-    images = curate_image_text(str(out / "img"), ImageCurationConfig(max_digits=40, include_skimage=False))
-    video = curate_video(str(out / "vid"), VideoCurationConfig(max_chunks_per_video=1))
-    tok = train_tokenizer(text.uri, str(out / "tok"), 500)
-    build_mixture({"text": text, "image_text": images, "video": video}, tok, str(out / "mixture"))
-    return str(out / "mixture" / "mixture.json")
 
 
 def train(mixture: str, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -11,11 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from curation.image_text import ImageCurationConfig, curate_image_text
-from curation.mixture import build_mixture
-from curation.text import TextCurationConfig, curate_text
-from curation.tokenizer import train_tokenizer
-from curation.video import VideoCurationConfig, curate_video
 from training import checkpoint
 from training.toggle import BUDGETS_FILE
 
@@ -23,17 +18,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SETS = ["train.steps=4", "checkpoint.every=2", "train.log_every=1", "rl.pool_size=12", "rl.prompts_per_step=2",
         "rl.group_size=3", "rl.max_new_tokens=12", "rl.domains=reasoning:1,perception:1,instruction:1,tool:1"]
-
-
-@pytest.fixture(scope="module")
-def mixture_uri(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mix")
-    text = curate_text(str(out / "text"), TextCurationConfig(max_docs_per_source=20))
-    images = curate_image_text(str(out / "img"), ImageCurationConfig(max_digits=40, include_skimage=False))
-    video = curate_video(str(out / "vid"), VideoCurationConfig(max_chunks_per_video=1))
-    tok = train_tokenizer(text.uri, str(out / "tok"), 500)
-    build_mixture({"text": text, "image_text": images, "video": video}, tok, str(out / "mixture"))
-    return str(out / "mixture" / "mixture.json")
 
 
 def rl(mixture: str, run_dir: Path, *sets: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,37 @@
+"""What the in-process RL benchmarks share: cross-entropy training of a tiny model on chat
+conversations (a warm-up, an SFT, a judge), the way the SFT stage encodes them."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+import torch
+
+
+def ce_train(model, vocab, draw_batch: Callable[[random.Random], list[list[dict]]], steps: int, lr: float,
+             seed: int, schedule: bool = True) -> float:
+    """`steps` AdamW steps on `draw_batch(rng)` conversations each (loss on assistant turns only,
+    media spliced as in training); with `schedule`, 20 warm-up steps then a linear decay to 10%.
+    Returns the last loss."""
+    from agents.chat import media_of
+    from training.data import encode_conversation
+
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps)
+                                              if schedule else 1.0)
+    loss = torch.tensor(0.0)
+    for _ in range(steps):
+        batch = draw_batch(rng)
+        rows = [encode_conversation(c, vocab) for c in batch]
+        width = max(len(i) for i, _ in rows)
+        tokens = torch.tensor([i + [vocab.pad] * (width - len(i)) for i, _ in rows])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+        media = [m for c in batch for m in media_of(c)]
+        loss = model.loss(tokens[:, :-1], labels[:, 1:], vision_items=media or None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return float(loss.detach())
