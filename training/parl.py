@@ -34,9 +34,9 @@ from model.multimodal import K25Model
 from training import checkpoint
 from training.data import gsm8k_path, read_jsonl
 from training.engine import Engine
-from training.policy import RolloutCache, group_advantages, policy_batch, token_logprobs, token_weights
+from training.policy import RolloutCache
 from training.program import program_args
-from training.rl import PreparedBatch, all_sum, policy_loss, stable_seed
+from training.rl import all_sum, policy_loss, prepare_batch, stable_seed
 
 
 def critical_steps(n_subtasks: int, n_agents: int) -> tuple[int, int]:
@@ -125,17 +125,11 @@ class Swarm:
                 rewards.append(lam_par * r_parallel + lam_fin * r_finish + r_perf)
                 for k, v in (("agents", n_agents), ("critical_steps", steps), ("r_perf", r_perf), ("r_finish", r_finish)):
                     stats[k] += v / n
-        batch = policy_batch([t for g in plans for t in g], rewards, [i for i, g in enumerate(plans) for _ in g],
-                             vocab.pad, cfg.rl.temperature)
-        if cfg.rl.pi_old == "recompute":
-            batch.logp_old = token_logprobs(e.model, batch).cpu()
-        adv, kept = group_advantages(batch.rewards, batch.groups)
-        if not cfg.rl.skip_zero_variance:
-            kept = torch.ones_like(kept)
-        weights, count = token_weights(batch, kept, cfg.rl.loss_norm)
-        prepared = PreparedBatch(batch, adv, weights, count, len(set(batch.groups[kept].tolist())))
-        total, = all_sum([count], e.world, e.device)
-        stats["reward_mean"] = float(batch.rewards.mean())
+        size = cfg.rl.group_size
+        prepared = prepare_batch(plans, [rewards[i * size:(i + 1) * size] for i in range(len(plans))], cfg.rl, vocab.pad,
+                                 e.model)
+        total, = all_sum([prepared.count], e.world, e.device)
+        stats["reward_mean"] = float(prepared.batch.rewards.mean())
         return {"prepared": prepared, "denominator": total / e.world, "stats": stats}
 
     def _run_subagents(self, task: list[dict], n_agents: int) -> tuple[float, float, int]:

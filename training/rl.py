@@ -32,6 +32,7 @@ from agents.engine import BatchingEngine
 from agents.envs.rl_tasks import RLTask, build_pool, parse_domains
 from agents.kernel import Kernel
 from agents.sandbox import SandboxUnavailable
+from agents.trajectory import Trajectory
 from training import rft
 from training import toggle as tg
 from training.engine import Engine
@@ -73,12 +74,13 @@ class PreparedBatch:
     kept_groups: int  # groups with reward variance (the others are skipped)
 
 
-def prepare_batch(groups: list[list[Sample]], rewards: list[list[float]], cfg: RLConfig, pad_id: int,
+def prepare_batch(groups: list[list[Sample | Trajectory]], rewards: list[list[float]], cfg: RLConfig, pad_id: int,
                   model) -> PreparedBatch:
-    """A rollout's tensors for Eq. 1: trajectories and (possibly Toggle-shaped) rewards, pi_old
-    (recomputed by the trainer if `pi_old=recompute`), advantages, kept groups and token weights."""
-    samples = [s for g in groups for s in g]
-    batch = policy_batch([s.trajectory for s in samples], [r for g in rewards for r in g],
+    """A rollout's tensors for Eq. 1: per prompt its samples (or bare trajectories, as PARL's
+    plans) and (possibly Toggle-shaped) rewards; pi_old (recomputed by the trainer if
+    `pi_old=recompute`), advantages, kept groups and token weights."""
+    trajectories = [s if isinstance(s, Trajectory) else s.trajectory for g in groups for s in g]
+    batch = policy_batch(trajectories, [r for g in rewards for r in g],
                          [i for i, g in enumerate(groups) for _ in g], pad_id, cfg.temperature)
     if cfg.pi_old == "recompute":
         with torch.no_grad():
