@@ -164,9 +164,10 @@ def agreement(scores_a: list[float | None], scores_b: list[float | None], thresh
 class LocalJudge:
     """A judge checkpoint served by our batching engine (greedy, bounded rationale)."""
 
-    def __init__(self, model, vocab, slots: int = 16, max_new_tokens: int = 48):
+    def __init__(self, model, vocab, slots: int = 16, max_new_tokens: int = 48, max_len: int | None = None):
+        """`max_len`: the KV-cache length per slot (default the model's whole context)."""
         self.vocab = vocab
-        self.engine = BatchingEngine(model, slots=slots, decode=vocab.decode)
+        self.engine = BatchingEngine(model, slots=slots, max_len=max_len, decode=vocab.decode)
         self.sampling = SamplingParams(max_new_tokens, 0.0, 1.0, 0, stop_ids=(vocab.im_end, vocab.eos))
 
     async def ascore(self, prompt: str, response: str, rubric: Rubric, media: list | None = None) -> Judgment:
@@ -178,9 +179,10 @@ class LocalJudge:
         text = parse_assistant(out.ids, self.vocab).content
         return Judgment(parse_score(text), text)
 
-    def score_many(self, items: list[tuple[str, str, Rubric]]) -> list[Judgment]:
+    def score_many(self, items: list[tuple]) -> list[Judgment]:
+        """Judgments of (prompt, response, rubric[, media]) items, all in flight at once."""
         async def run():
-            return await asyncio.gather(*(self.ascore(p, r, rub) for p, r, rub in items))
+            return await asyncio.gather(*(self.ascore(*item) for item in items))
         return list(asyncio.run(run()))
 
     def score(self, prompt: str, response: str, rubric: Rubric, media: list | None = None) -> Judgment:

@@ -14,6 +14,8 @@ Families and their hidden checkers:
 Prompts are split by a hash of their text (new prompts at test time), and HELD_OUT_FAMILY never
 appears in training: its test accuracy measures transfer to an unseen rubric family.
 The verdict is binary (all constraints met / rubric satisfied): target score 10 or 0.
+`policy_examples` adds a policy's own samples on instruction prompts (the `grm` stage samples its
+upstream SFT checkpoint), verdicts again from the hidden checker.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agents.envs.rl_tasks import _verses, instruction_constraints
 from agents.grm import Rubrics, judge_messages, judge_target
@@ -44,6 +46,7 @@ class JudgeExample:
     response: str
     verdict: bool  # the hidden checker's
     split: str  # train | test
+    source: str = "constructed"  # constructed | policy (sampled from a checkpoint)
 
 
 def hidden_check(family: str, prompt: str, response: str, reference) -> bool:
@@ -103,7 +106,7 @@ def instruction_examples(n: int, rng: random.Random) -> list[JudgeExample]:
     while len(out) < n:
         verse = verses[rng.randrange(len(verses))]
         cons = instruction_constraints(rng, verse)
-        prompt = f'Paraphrase this verse: "{verse}" ' + " ".join(describe(c) for c in cons)
+        prompt = instruction_prompt(verse, cons)
         text = compliant_text(verse, cons, rng)
         if rng.random() < 0.5:
             text = violate(text, rng.choice(cons), rng)
@@ -140,20 +143,32 @@ def correctness_examples(n: int, rng: random.Random) -> list[JudgeExample]:
     return out
 
 
-def judge_examples(per_family: int, seed: int) -> list[JudgeExample]:
+def judge_examples(per_family: int, seed: int, test_share: float = 0.2) -> list[JudgeExample]:
     rng = random.Random(f"grm-data:{seed}")
     out = instruction_examples(per_family, rng) + correctness_examples(per_family, rng)
     for fam in ("no_praise", "no_self_justification"):
         out += prescriptive_examples(fam, per_family, rng)
-    return out
+    return [replace(e, split=split_of(e.prompt, test_share)) for e in out]
 
 
-def training_conversations(examples: list[JudgeExample], rubrics: Rubrics, seed: int) -> list[list[dict]]:
+def instruction_prompt(verse: str, constraints: list[dict]) -> str:
+    return f'Paraphrase this verse: "{verse}" ' + " ".join(describe(c) for c in constraints)
+
+
+def policy_examples(samples: list[tuple[str, str, list[dict]]], test_share: float = 0.2) -> list[JudgeExample]:
+    """(prompt, policy response, constraints) triples as instruction-family examples, verdicts from
+    the hidden checker: the judge also sees what the policy it will grade actually writes."""
+    return [JudgeExample("instruction", p, r, hidden_check("instruction", p, r, c), split_of(p, test_share), "policy")
+            for p, r, c in samples]
+
+
+def training_conversations(examples: list[JudgeExample], rubrics: Rubrics, seed: int,
+                           held_out: str = HELD_OUT_FAMILY) -> list[list[dict]]:
     """SFT conversations for the judge: seen families, train prompts, a random rubric variant each."""
     rng = random.Random(f"grm-sft:{seed}")
     convs = []
     for ex in examples:
-        if ex.split != "train" or ex.family == HELD_OUT_FAMILY:
+        if ex.split != "train" or ex.family == held_out:
             continue
         rubric = rubrics.sample(ex.family, rng)
         rationale = "The response meets the rubric." if ex.verdict else "The response violates the rubric."

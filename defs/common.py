@@ -150,6 +150,21 @@ def resolve_or_fail(resolve, *args):
 
 
 TOOL_DATA_STAGES = ("sft",)  # stages that read sft_tool_data's executed traces
+JUDGE_STAGES = ("rl",)  # stages that read the grm stage's judge (when rl.grm_weight > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageCheck:
+    """A stage's own check of what its program reported: `judge(metadata, spec) -> (passed, facts)`."""
+    name: str
+    blocking: bool
+    judge: typing.Callable[[dict, StageSpec], tuple[bool, dict]]
+
+    def result(self, asset: str, md: dict, spec: StageSpec) -> dg.AssetCheckResult:
+        passed, facts = self.judge(md, spec)
+        return dg.AssetCheckResult(check_name=self.name, asset_key=asset, passed=bool(passed),
+                                   severity=dg.AssetCheckSeverity.ERROR if self.blocking else dg.AssetCheckSeverity.WARN,
+                                   metadata={k: str(v) for k, v in facts.items()})
 
 
 def run_folder_id(context: dg.AssetExecutionContext) -> str:
@@ -158,9 +173,20 @@ def run_folder_id(context: dg.AssetExecutionContext) -> str:
     return context.dagster_run.root_run_id or context.run_id
 
 
+def with_judge(context: dg.AssetExecutionContext, spec: StageSpec, profile: str, run) -> StageSpec:
+    """RL with a GRM term reads the grm stage's latest judge (checked like an upstream)."""
+    if spec.rl is None or spec.rl.grm_weight == 0:
+        return spec
+    judge = upstream_ref(context, "grm", CheckpointRef)
+    check_profile(judge, verified(judge, "checkpoint of 'grm'"), profile, "judge 'grm'")
+    if judge.model_id:
+        run.tracker.log_model_input(run.run_id, judge.model_id)
+    return spec.model_copy(update={"inputs": spec.inputs.model_copy(update={"judge": judge})})
+
+
 def run_training_stage(context: dg.AssetExecutionContext, config: dg.Config, profile: RunProfile,
                        artifacts: ArtifactStore, mlflow: MlflowTracking, launcher: TorchrunLauncher,
-                       stage: str) -> dg.MaterializeResult:
+                       stage: str, stage_checks: tuple[StageCheck, ...] = ()) -> dg.MaterializeResult:
     import recipes
 
     # The MLflow run opens first: whatever fails below (a missing upstream, a bad override, the
@@ -180,6 +206,8 @@ def run_training_stage(context: dg.AssetExecutionContext, config: dg.Config, pro
                                                              tool_data.uri)])
         inputs = StageInputs(mixture=mixture_ref, run_dir=run_dir, init_from=init, tool_data=tool_data)
         spec: StageSpec = resolve_or_fail(recipes.resolve_stage, profile.name, stage, stage_overrides(config), inputs)
+        if stage in JUDGE_STAGES:
+            spec = with_judge(context, spec, profile.name, run)
         spec_uri = write_spec(spec, run_dir)
         run.tracker.log_params(run.run_id, spec_params(spec))
         run.tracker.log_datasets(run.run_id, mixture_datasets(mixture_ref, mixture))
@@ -191,7 +219,8 @@ def run_training_stage(context: dg.AssetExecutionContext, config: dg.Config, pro
                               env={"MLFLOW_TRACKING_URI": mlflow.tracking_uri})
         md = plain_metadata(result.metadata or {})
         data_version = result.data_version.value if result.data_version else None
-        checks = run.record_checks(checkpoint_checks(stage, md, data_version))
+        checks = run.record_checks(checkpoint_checks(stage, md, data_version)
+                                   + [c.result(stage, md, spec) for c in stage_checks])
     plot = {"loss_curve": image_markdown(md["curves_uri"], f"{stage} curves")} if md.get("curves_uri") else {}
     extra = {**plot, **run.links(md.get("mlflow_model_id")), "init_from": str(init.uri if init else None), "run_dir": run_dir,
              "spec_uri": spec_uri}
@@ -222,10 +251,11 @@ def check_specs(asset: str | dg.AssetKey, names: tuple[str, ...]) -> list[dg.Ass
     return [dg.AssetCheckSpec(n, asset=asset, blocking=True) for n in names]
 
 
-def training_asset(stage: str, description: str, code_version: str = "train-v3") -> dg.AssetsDefinition:
+def training_asset(stage: str, description: str, code_version: str = "train-v3",
+                   stage_checks: tuple[StageCheck, ...] = ()) -> dg.AssetsDefinition:
     """A training stage asset: resolve the spec, launch the stage's program under torchrun via
-    Pipes, verify the checkpoint. Training stages share the `gpu` pool and are never
-    auto-materialized (a retrain must be asked for)."""
+    Pipes, verify the checkpoint (and run the stage's own checks). Training stages share the
+    `gpu` pool and are never auto-materialized (a retrain must be asked for)."""
     import recipes
 
     upstream = upstream_of(stage)
@@ -233,12 +263,15 @@ def training_asset(stage: str, description: str, code_version: str = "train-v3")
     config_class = stage_config_class(stage, has_phases)
 
     side = ["sft_tool_data"] if stage in TOOL_DATA_STAGES else []
+    side += ["grm"] if stage in JUDGE_STAGES else []
+    checks = check_specs(stage, CHECKPOINT_CHECKS) + [dg.AssetCheckSpec(c.name, asset=stage, blocking=c.blocking)
+                                                      for c in stage_checks]
 
     @dg.asset(name=stage, group_name=stage_info(stage).group, deps=["mixture", *([upstream] if upstream else []), *side],
               code_version=code_version, kinds={"pytorch"}, pool="gpu", description=description,
-              check_specs=check_specs(stage, CHECKPOINT_CHECKS))
+              check_specs=checks)
     def _stage(context: dg.AssetExecutionContext, config: config_class, profile: RunProfile,  # type: ignore[valid-type]
                artifacts: ArtifactStore, mlflow: MlflowTracking, launcher: TorchrunLauncher) -> dg.MaterializeResult:
-        return run_training_stage(context, config, profile, artifacts, mlflow, launcher, stage)
+        return run_training_stage(context, config, profile, artifacts, mlflow, launcher, stage, stage_checks)
 
     return _stage

@@ -89,9 +89,14 @@ class StageRun:
         return out
 
     def record_checks(self, results: list[dg.AssetCheckResult]) -> list[dg.AssetCheckResult]:
-        self.failed_checks += [r.check_name for r in results if not r.passed]
+        """Failed ERROR checks fail the MLflow run; failed WARN checks are tagged, nothing more."""
+        failed = [r for r in results if not r.passed]
+        self.failed_checks += [r.check_name for r in failed if r.severity != dg.AssetCheckSeverity.WARN]
+        warned = [r.check_name for r in failed if r.severity == dg.AssetCheckSeverity.WARN]
         if self.failed_checks:
             self.tracker.client.set_tag(self.run_id, "k25.failed_checks", ",".join(self.failed_checks))
+        if warned:
+            self.tracker.client.set_tag(self.run_id, "k25.warned_checks", ",".join(warned))
         return results
 
 

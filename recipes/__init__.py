@@ -26,6 +26,7 @@ from infra.spec import SpecError, apply_overrides
 from training.spec import (
     CheckpointConfig,
     DataConfig,
+    GRMConfig,
     OptimizerConfig,
     ParallelConfig,
     PARLConfig,
@@ -105,13 +106,23 @@ def _tiny() -> Profile:
         "sft": _spec(name, "sft", model, nproc, train=replace_block(llm_only, steps=60),
                      data=replace_block(text_only, seq_len=1024, batch_size=2),
                      optimizer=OptimizerConfig(lr=1e-3), sft=SFTConfig(answer_style="final")),
+        # The GRM judge (RECIPE.md §6.2) starts from SFT: judge SFT on rubric, prompt, response and
+        # the hidden checker's verdict (~150-token conversations, a few to a 512-token row). 200
+        # steps (about a minute) teach a tiny model the verdict format (60 do not: its rationales
+        # degenerate and nothing parses); its held-out accuracy is measured and checked against
+        # grm.min_accuracy, a warning at this scale (benchmarks/bench_grm.py trains longer).
+        "grm": _spec(name, "grm", model, nproc, train=replace_block(llm_only, steps=200, log_every=20),
+                     data=replace_block(text_only, seq_len=512, batch_size=4),
+                     optimizer=OptimizerConfig(lr=2e-3), checkpoint=CheckpointConfig(every=100),
+                     grm=GRMConfig(per_family=300, policy_prompts=16, eval_per_family=24)),
         # RL and PARL (RECIPE.md §6.1): MuonClip, 1024-token contexts (tool tasks carry a system
         # prompt and tool results), a 24-task pool over every domain; Toggle on, phases of 2
-        # iterations (at tiny scale accuracy is ~0, so its budget stays inactive: that is logged).
+        # iterations (at tiny scale accuracy is ~0, so its budget stays inactive: that is logged);
+        # the grm judge at w=0.3 (it only ranks verified answers, so it rarely acts at this scale).
         "rl": _spec(name, "rl", model, nproc, train=replace_block(llm_only, steps=8),
                     data=replace_block(text_only, seq_len=1024),
                     optimizer=OptimizerConfig(name="muonclip", lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4),
-                    rl=replace_block(rl, pool_size=24, toggle=True, toggle_m=2)),
+                    rl=replace_block(rl, pool_size=24, toggle=True, toggle_m=2, grm_weight=0.3)),
         "parl": _spec(name, "parl", model, nproc, train=replace_block(llm_only, steps=8), data=text_only,
                       optimizer=OptimizerConfig(name="muonclip", lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4),
                       rl=replace_block(rl, max_new_tokens=8), parl=PARLConfig()),

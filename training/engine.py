@@ -291,7 +291,10 @@ class Engine:
         return {"expert_load_max_over_mean": sum(imbalance) / len(imbalance)} if imbalance else {}
 
     def fit(self, step_fn: Callable[[int], tuple[torch.Tensor, dict[str, float], int]],
-            loader_state: Callable[[], dict]) -> None:
+            loader_state: Callable[[], dict], after: Callable[[], dict[str, float]] | None = None) -> None:
+        """Train to `train.steps`, committing checkpoints. `after` (collective) measures the final
+        weights, e.g. the GRM's held-out accuracy; its figures are logged against the final
+        checkpoint's LoggedModel and join the stage's report."""
         cfg = self.spec
         losses: list[float] = []
         meter = Throughput()
@@ -344,6 +347,12 @@ class Engine:
                 sys.exit(STOPPED_EXIT_CODE)
         if last_ckpt is None:  # resumed at the final step: re-commit so the run reports a checkpoint
             last_ckpt = self.save(loader_state())
+        if after is not None:
+            self.model.eval()
+            figures = after()
+            self.reporter.metrics(self.step, figures, model_id=last_ckpt.model_id, dataset=self.dataset)
+            self.report_metadata.update({k: round(v, 5) for k, v in figures.items()})
+            self.reporter.log("final weights: " + " ".join(f"{k} {v:.4g}" for k, v in figures.items()))
         self._report(last_ckpt, losses, time.time() - t0)
 
     def _progress_line(self, metrics: dict[str, float], start_step: int, t0: float) -> str:
@@ -379,7 +388,7 @@ class Engine:
         }
         metadata.update(self.report_metadata)
         for key, points in self.reporter.history.items():  # headline values of stage metrics
-            if key not in ("loss", "lr"):
+            if key not in ("loss", "lr") and key not in self.report_metadata:
                 metadata[f"last_{key}"] = round(points[-1][1], 5)
         png = self.reporter.curves_png()
         if png:  # by reference: a Pipes message carrying the image could reach Dagster cut short

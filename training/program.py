@@ -45,6 +45,7 @@ def _parser(stages: tuple[str, ...]) -> argparse.ArgumentParser:
     standalone.add_argument("--run-dir", help="URI of this run's checkpoint folder")
     standalone.add_argument("--init-from", default=None, help="URI of the upstream stage's checkpoint")
     standalone.add_argument("--tool-data", default=None, help="URI of sft_tool_data's folder (SFT)")
+    standalone.add_argument("--judge", default=None, help="URI of the grm stage's checkpoint (RL with rl.grm_weight > 0)")
     p.add_argument("--resume", choices=("auto", "must", "never"), default="auto",
                    help="auto: resume from run-dir/latest if present; must: fail if absent")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
@@ -71,7 +72,8 @@ def standalone_spec(a: argparse.Namespace) -> StageSpec:
         raise SpecError("without --spec, --mixture and --run-dir are required")
     inputs = StageInputs(mixture=MixtureRef.at(a.mixture), run_dir=a.run_dir,
                          init_from=CheckpointRef.at(a.init_from) if a.init_from else None,
-                         tool_data=ToolDataRef.at(a.tool_data) if a.tool_data else None)
+                         tool_data=ToolDataRef.at(a.tool_data) if a.tool_data else None,
+                         judge=CheckpointRef.at(a.judge) if a.judge else None)
     return recipes.resolve_stage(a.profile, a.stage, parse_overrides(a.overrides), inputs)
 
 

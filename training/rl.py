@@ -16,6 +16,8 @@ prompt, zero-variance groups are skipped. With `rl.toggle` the rewards follow Eq
 Logged per iteration: the reward and accuracy, reward per domain and modality, the masked token
 fraction, mean |log rho|, the train-inference mismatch KL, the share of groups skipped, the
 generation share of wall time, and Toggle's phase, active share, zeroed share and lengths.
+With `rl.grm_weight > 0` the `grm` stage's judge adds its score where the verifier passes
+(training/grm_reward.py), with its own figures per rubric family.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ import torch.distributed as dist
 
 from agents.engine import BatchingEngine
 from agents.envs.rl_tasks import RLTask, build_pool, parse_domains
+from agents.grm import LocalJudge
 from agents.kernel import Kernel
 from agents.sandbox import SandboxUnavailable
 from agents.trajectory import Trajectory
 from training import rft
 from training import toggle as tg
+from training.checkpoint import load_model
 from training.engine import Engine
+from training.grm_reward import GRMReward
 from training.policy import (
     PolicyBatch,
     RolloutCache,
@@ -117,6 +122,7 @@ class RLRun:
                                        decode=engine.vocab.decode)
         self.settings = RolloutSettings(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.max_turns)
         self.gen_seconds, self.t0 = 0.0, time.perf_counter()
+        self.grm = self._grm() if cfg.grm_weight > 0 else None
         self.budgets = self._toggle_budgets() if cfg.toggle else None
         self.cache = RolloutCache(self.collect)
         engine.report_metadata.update({"rl_pool_tasks": len(self.pool), "rl_domains": str(self.domains),
@@ -132,6 +138,24 @@ class RLRun:
         except SandboxUnavailable as e:
             fail(f"rl.domains includes 'tool', which runs model code in the sandboxed kernel, but it is unavailable "
                  f"here: {e}. Drop 'tool' from rl.domains or run where the sandbox works (root, cgroups).")
+
+    def _grm(self) -> GRMReward:
+        """The frozen judge of the `grm` stage, on every rank (never trained here)."""
+        e = self.engine
+        ref = e.spec.inputs.judge
+        try:
+            manifest = ref.verify()
+        except LookupError as err:
+            fail(f"rl judge: {err}")
+        judge = load_model(ref, e.device, manifest)
+        if judge.cfg.vocab_size != e.model.cfg.vocab_size:
+            fail(f"judge {ref.uri} has vocabulary size {judge.cfg.vocab_size}, the policy {e.model.cfg.vocab_size}: "
+                 "train the judge from this run's tokenizer (the grm stage of the same chain)")
+        judge.requires_grad_(False)
+        e.report_metadata.update({"grm_judge_uri": ref.uri, "grm_judge_digest": ref.digest, "grm_weight": self.cfg.grm_weight})
+        e.reporter.log(f"GRM: judge {ref.uri} (w={self.cfg.grm_weight}, families {self.cfg.grm_families} + task rubrics)")
+        return GRMReward(LocalJudge(judge.eval(), e.vocab, slots=self.cfg.prompts_per_step * self.cfg.group_size,
+                                    max_len=e.spec.data.seq_len), self.cfg)
 
     # ---- sampling
     def _sample(self, tasks: list[RLTask], seed: int) -> list[list[Sample]]:
@@ -186,6 +210,9 @@ class RLRun:
         rft.write_shard(e.spec.inputs.run_dir, iteration, e.rank, rft.rft_rows(groups, iteration, e.rank))
         stats = self._reward_stats(groups)
         rewards = [[s.score.value for s in g] for g in groups]
+        if self.grm is not None:
+            rewards, grm_stats = self.grm.rewards(groups, rewards, stable_seed("grm", e.spec.train.seed, e.rank, iteration))
+            stats.update(grm_stats)
         if self.budgets is not None:
             rewards = self._apply_toggle(iteration, tasks, groups, rewards, stats)
         prepared = prepare_batch(groups, rewards, cfg, e.vocab.pad, e.model)
@@ -246,6 +273,8 @@ class RLRun:
 
 def main(argv: list[str] | None = None) -> None:
     spec, run = program_args(("rl",), argv)
+    if spec.rl.grm_weight > 0 and spec.inputs.judge is None:
+        fail(f"rl.grm_weight={spec.rl.grm_weight} needs the judge checkpoint (the grm stage's; --judge standalone)")
     engine = Engine(spec, run)
     rl = RLRun(engine, run.data_root)
     try:

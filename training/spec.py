@@ -3,7 +3,7 @@
     StageSpec(stage, profile, model, nproc_per_node,
               train=TrainConfig, data=DataConfig, optimizer=OptimizerConfig,
               parallel=ParallelConfig, checkpoint=CheckpointConfig,
-              sft=SFTConfig | None, rl=RLConfig | None, parl=PARLConfig | None,
+              sft=SFTConfig | None, grm=GRMConfig | None, rl=RLConfig | None, parl=PARLConfig | None,
               phases=(Phase, ...), inputs=StageInputs)
 
 Each block checks its own fields (pydantic constraints, a validator for what spans fields);
@@ -52,18 +52,22 @@ class Stage:
     name: str
     program: str  # the module torchrun starts
     group: str  # the Dagster asset group (and defs/ domain)
+    upstream: str | None  # the stage whose checkpoint this one starts from (None: fresh weights)
 
 
+# The policy chain, plus the judge: `grm` starts from the SFT checkpoint, and RL reads it as its
+# generative reward model (StageInputs.judge) beside its own upstream, SFT.
 STAGES: tuple[Stage, ...] = (
-    Stage("vit_warmup", "training.pretrain", "pretrain"),
-    Stage("joint_pretrain", "training.pretrain", "pretrain"),
-    Stage("midtrain", "training.pretrain", "pretrain"),
-    Stage("sft", "training.sft", "posttrain"),
-    Stage("rl", "training.rl", "posttrain"),
-    Stage("parl", "training.parl", "posttrain"),
+    Stage("vit_warmup", "training.pretrain", "pretrain", None),
+    Stage("joint_pretrain", "training.pretrain", "pretrain", "vit_warmup"),
+    Stage("midtrain", "training.pretrain", "pretrain", "joint_pretrain"),
+    Stage("sft", "training.sft", "posttrain", "midtrain"),
+    Stage("grm", "training.grm", "posttrain", "sft"),
+    Stage("rl", "training.rl", "posttrain", "sft"),
+    Stage("parl", "training.parl", "posttrain", "rl"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
-StageName = Literal["vit_warmup", "joint_pretrain", "midtrain", "sft", "rl", "parl"]
+StageName = Literal["vit_warmup", "joint_pretrain", "midtrain", "sft", "grm", "rl", "parl"]
 
 
 def stage_info(name: str) -> Stage:
@@ -75,8 +79,7 @@ def stage_info(name: str) -> Stage:
 
 def upstream_of(name: str) -> str | None:
     """The stage whose checkpoint `name` starts from (None for the first)."""
-    index = STAGE_NAMES.index(stage_info(name).name)
-    return STAGE_NAMES[index - 1] if index else None
+    return stage_info(name).upstream
 
 
 # ---- component blocks
@@ -225,14 +228,53 @@ class RLConfig(Block):
     """m: iterations per phase [not stated]."""
     toggle_rho: float = Field(50.0, ge=0, le=100)
     """rho: budget(x) is this percentile of the correct rollouts' lengths [not stated]."""
+    grm_weight: float = Field(0.0, ge=0, le=1)
+    """w of the generative reward model (the `grm` stage's judge): where the task's verifier passes,
+    reward = (1 - w) * rule + w * GRM score; a verified failure keeps its rule reward (0 = no GRM)."""
+    grm_families: tuple[str, ...] = ("no_praise",)
+    """Rubric families (agents/grm.py) judged on every task, beside the task's own rubric
+    (instruction -> instruction, reasoning -> correctness); one family and one wording per group."""
+    grm_max_parse_fail: float = Field(0.05, ge=0, le=1)
+    """The stage fails once more than this share of GRM judgments does not parse."""
 
     @model_validator(mode="after")
     def _check(self):
         if not 0 < self.ratio_low < 1 < self.ratio_high:
             raise ValueError(f"need 0 < ratio_low < 1 < ratio_high (got {self.ratio_low}, {self.ratio_high})")
         from agents.envs.domains import parse_domains
+        from agents.grm import RUBRIC_TEXTS
 
         parse_domains(self.domains)
+        unknown = [f for f in self.grm_families if f not in RUBRIC_TEXTS]
+        if unknown or (self.grm_weight > 0 and not self.grm_families):
+            raise ValueError(f"grm_families must be a non-empty subset of {sorted(RUBRIC_TEXTS)} (got {self.grm_families})")
+        return self
+
+
+class GRMConfig(Block):
+    per_family: int = Field(400, gt=0)
+    """Constructed judge examples per rubric family (agents/grm_data.py), before the train/test split."""
+    policy_prompts: int = Field(32, ge=0)
+    """Instruction prompts the upstream (SFT) checkpoint answers for the judge data [not stated]."""
+    policy_samples: int = Field(2, gt=0)
+    """Samples per such prompt; their verdicts come from the hidden checker like all others."""
+    test_share: float = Field(0.2, gt=0, lt=1)
+    """Share of prompts (by hash) held out for the judge's test accuracy."""
+    held_out_family: str = "no_self_justification"
+    """A rubric family never trained on: its accuracy measures transfer to an unseen rubric."""
+    eval_per_family: int = Field(64, gt=0)
+    """Held-out test items judged per family after training."""
+    max_parse_fail_share: float = Field(0.05, ge=0, le=1)
+    """The `judge_parses` check fails above this share of unparsed judgments."""
+    min_accuracy: float = Field(0.75, ge=0, le=1)
+    """The `judge_accuracy` check: mean held-out accuracy over the seen families (chance: 0.5)."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        from agents.grm_data import FAMILIES
+
+        if self.held_out_family not in FAMILIES:
+            raise ValueError(f"held_out_family must be one of {FAMILIES} (got {self.held_out_family!r})")
         return self
 
 
@@ -260,6 +302,8 @@ class StageInputs(Block):
     """The upstream stage's checkpoint (None: fresh weights)."""
     tool_data: ToolDataRef | None = None
     """Executed tool traces (sft_tool_data), read by SFT (None: chat data only)."""
+    judge: CheckpointRef | None = None
+    """The generative reward model (the `grm` stage's checkpoint), read by RL when rl.grm_weight > 0."""
 
 
 class Phase(Block):
@@ -274,7 +318,7 @@ class Phase(Block):
 
 
 RESERVED = ("stage", "profile", "phases", "phase", "inputs", "model", "nproc_per_node")
-POST_TRAINING_BLOCKS = {"sft": ("sft",), "rl": ("rl",), "parl": ("rl", "parl")}
+POST_TRAINING_BLOCKS = {"sft": ("sft",), "grm": ("grm",), "rl": ("rl",), "parl": ("rl", "parl")}
 
 
 class StageSpec(Block):
@@ -292,6 +336,7 @@ class StageSpec(Block):
     parallel: ParallelConfig = ParallelConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     sft: SFTConfig | None = None
+    grm: GRMConfig | None = None
     rl: RLConfig | None = None
     parl: PARLConfig | None = None
     phases: tuple[Phase, ...] = ()

@@ -41,7 +41,8 @@ def test_dg_dev_serves_the_asset_graph(tmp_path):
         assert deps["joint_pretrain"] == ["mixture", "vit_warmup"]
         assert deps["sft"] == ["midtrain", "mixture", "sft_tool_data"]
         assert deps["rft_data"] == ["rl"]
-        assert len(deps) == 18
+        assert deps["rl"] == ["grm", "mixture", "sft"]
+        assert len(deps) == 19
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -18,13 +18,15 @@ EXPECTED_DEPS = {
     "midtrain": {"mixture", "joint_pretrain"},
     "sft_tool_data": set(),  # executed IPython traces, built from photos on disk and GSM8K
     "sft": {"mixture", "midtrain", "sft_tool_data"},
-    "rl": {"mixture", "sft"},
+    "grm": {"mixture", "sft"},  # the judge starts from the SFT checkpoint
+    "rl": {"mixture", "sft", "grm"},  # the policy from SFT, the GRM reward from grm
     "parl": {"mixture", "rl"},
     "rft_data": {"rl"},  # reward-1 vision trajectories of the RL run (rejection sampling)
     # one evaluation per evaluated stage, whose real input is that stage
     **{f"evaluation/{stage}": {"mixture", stage} for stage in ("joint_pretrain", "midtrain", "sft", "rl", "parl")},
 }
 TRAINING = STAGE_NAMES
+WARNING_CHECKS = {("grm", "judge_accuracy")}  # a weak judge is reported, not blocked (its parse contract blocks)
 
 
 def _graph(tmp_path):
@@ -57,7 +59,7 @@ def test_every_asset_has_docstring_code_version_and_blocking_check(tmp_path):
         assert checks_by_asset.get(name), f"{name} has no asset check"
     for spec_key in graph.asset_check_keys:
         spec = defs.resolve_assets_def(spec_key.asset_key).get_spec_for_check_key(spec_key)
-        assert spec.blocking, spec_key
+        assert spec.blocking == ((spec_key.asset_key.to_user_string(), spec_key.name) not in WARNING_CHECKS), spec_key
 
 
 def test_training_stages_share_gpu_pool_and_have_checkpoint_checks(tmp_path):
@@ -66,7 +68,8 @@ def test_training_stages_share_gpu_pool_and_have_checkpoint_checks(tmp_path):
         assets_def = defs.resolve_assets_def(name)
         assert assets_def.op.pool == "gpu", name
         names = {k.name for k in graph.asset_check_keys if k.asset_key.to_user_string() == name}
-        assert names == {"checkpoint_manifest_present", "loss_is_finite"}, name
+        own = {"grm": {"judge_parses", "judge_accuracy"}}.get(name, set())
+        assert names == {"checkpoint_manifest_present", "loss_is_finite"} | own, name
 
 
 def test_evaluation_schedule_and_sensor_start_stopped_and_evaluations_share_the_gpu_pool(tmp_path):

@@ -21,6 +21,7 @@ from agents.grm import (
 )
 from agents.grm_data import FAMILIES, HELD_OUT_FAMILY, hidden_check, judge_examples, training_conversations
 from agents.judge_server import make_server
+from defs.posttrain.assets import STAGE_CHECKS  # imports dagster (at collection: it probes the platform)
 from model.config import model_preset
 from model.multimodal import K25Model
 
@@ -108,3 +109,84 @@ def test_judge_prompt_carries_rubric_prompt_and_response():
     m = judge_messages("P?", "R.", Rubrics().variants("core")[1])
     assert "Rubric: A good response" in m[1]["content"] and "Prompt: P?" in m[1]["content"]
     assert "Response: R." in m[1]["content"]
+
+
+# ---- the GRM inside RL, and the grm stage's figures
+
+class ScriptedJudge:
+    """A test double for LocalJudge: a fixed score per response text (None: unparsed)."""
+
+    def __init__(self, by_text: dict):
+        self.by_text, self.seen = by_text, []
+
+    def score_many(self, items):
+        self.seen.append(items)
+        return [Judgment(self.by_text[resp], f"Score: {self.by_text[resp]}") for _, resp, _, _ in items]
+
+
+def _group(domain: str, texts: list[str], correct: list[bool]):
+    from agents.envs.rl_tasks import RLTask
+    from agents.rewards import Score
+    from agents.trajectory import Trajectory
+    from training.rollout import Sample
+
+    task = RLTask(f"{domain}/text/0", domain, "text", "Say amen.", "exact", "amen")
+    return [Sample(task, Trajectory(), Score(float(c), c), "stop", t) for t, c in zip(texts, correct)]
+
+
+def test_grm_reward_gates_on_the_verifier_and_judges_each_group_under_one_rubric():
+    from training.grm_reward import GRMReward
+    from training.spec import RLConfig
+
+    judge = ScriptedJudge({"good": 1.0, "flattering": 0.0, "wrong": 1.0, "broken": None})
+    grm = GRMReward(judge, RLConfig(grm_weight=0.5, grm_families=("no_praise",)))
+    groups = [_group("instruction", ["good", "flattering", "wrong", "broken"], [True, True, False, True])]
+    rewards, stats = grm.rewards(groups, [[1.0, 1.0, 0.0, 1.0]], seed=0)
+    # verified: (1-w)*1 + w*grm; the verified failure keeps 0 although the judge liked it;
+    # an unparsed judgment adds nothing
+    assert rewards == [[1.0, 0.5, 0.0, 0.5]]
+    assert len({rub.family for _, _, rub, _ in judge.seen[0]}) == 1  # one rubric for the group
+    assert judge.seen[0][0][2].family in ("instruction", "no_praise")  # the task rubric or a general one
+    assert stats["grm_gated_share"] == 0.75 and stats["grm_parse_fail_share"] == 0.25
+    assert stats["grm_verifier_agreement"] == 0.25  # only "good" is judged >= 0.5 and verified
+    assert grm.families("reasoning") == ["correctness", "no_praise"] and grm.families("perception") == ["no_praise"]
+
+
+def test_grm_reward_stops_the_stage_when_judgments_do_not_parse():
+    from training.grm_reward import GRMReward
+    from training.spec import RLConfig
+
+    grm = GRMReward(ScriptedJudge({"x": None}), RLConfig(grm_weight=0.3, grm_max_parse_fail=0.05))
+    grm.ledger.min_count = 4
+    with pytest.raises(GRMParseError, match="did not parse"):
+        grm.rewards([_group("knowledge", ["x"] * 4, [True] * 4)], [[1.0] * 4], seed=0)
+
+
+def test_judge_figures_count_unparsed_as_wrong_and_split_seen_from_unseen():
+    import pandas as pd
+
+    from training.grm import judge_figures
+
+    frame = pd.DataFrame({"family": ["instruction"] * 4 + ["no_self_justification"] * 2,
+                          "verdict": [True, False, True, False, True, False],
+                          "score": [1.0, 0.0, None, 1.0, 1.0, 1.0], "second_score": [1.0, 0.0, None, 0.0, 1.0, 1.0]})
+    figures = judge_figures(frame, "no_self_justification")
+    assert figures["judge_acc/instruction"] == 0.5 and figures["judge_acc_seen"] == 0.5
+    assert figures["judge_acc_unseen"] == 0.5 and figures["judge_parse_fail_share"] == pytest.approx(1 / 6)
+    assert figures["judge_variant_agreement"] == pytest.approx(4 / 5)
+
+
+@pytest.mark.parametrize("md,parses,accurate", [
+    ({"judge_parse_fail_share": 0.0, "judge_acc_seen": 0.8}, True, True),
+    ({"judge_parse_fail_share": 0.2, "judge_acc_seen": 0.8}, False, True),
+    ({"judge_parse_fail_share": 0.0, "judge_acc_seen": 0.6}, True, False),
+    ({}, False, False),  # the program reported nothing: both fail
+])
+def test_the_grm_assets_checks(md, parses, accurate):
+    import recipes
+
+    spec = recipes.resolve_stage("tiny", "grm")
+    parse_check, accuracy_check = STAGE_CHECKS["grm"]
+    assert parse_check.blocking and not accuracy_check.blocking
+    assert parse_check.judge(md, spec)[0] is parses
+    assert accuracy_check.judge(md, spec)[0] is accurate

@@ -188,3 +188,17 @@ def test_read_spec_names_a_bad_file(tmp_path):
     (tmp_path / "spec.json").write_text('{"stage": "sft"}')
     with pytest.raises(SpecError, match="profile: Field required"):
         read_spec(StageSpec, str(tmp_path / "spec.json"))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"rl.grm_families": "flattery"}, "grm_families must be a non-empty subset"),
+    ({"rl.grm_weight": "1.5"}, "grm_weight"),
+])
+def test_bad_grm_settings_of_rl_are_refused(overrides, message):
+    with pytest.raises(SpecError, match=message):
+        recipes.resolve_stage("tiny", "rl", overrides)
+
+
+def test_an_unknown_held_out_judge_family_is_refused():
+    with pytest.raises(SpecError, match="held_out_family must be one of"):
+        recipes.resolve_stage("tiny", "grm", {"grm.held_out_family": "core"})
