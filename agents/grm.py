@@ -164,7 +164,7 @@ def agreement(scores_a: list[float | None], scores_b: list[float | None], thresh
 class LocalJudge:
     """A judge checkpoint served by our batching engine (greedy, bounded rationale)."""
 
-    def __init__(self, model, vocab, slots: int = 16, max_new_tokens: int = 48, max_len: int | None = None):
+    def __init__(self, model, vocab, slots: int = 16, max_new_tokens: int = 96, max_len: int | None = None):
         """`max_len`: the KV-cache length per slot (default the model's whole context)."""
         self.vocab = vocab
         self.engine = BatchingEngine(model, slots=slots, max_len=max_len, decode=vocab.decode)
@@ -194,7 +194,7 @@ class HTTPJudge:
     images would need the server's own multimodal message format."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 60.0,
-                 max_tokens: int = 64):
+                 max_tokens: int = 128):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key, self.timeout_s, self.max_tokens = model, api_key, timeout_s, max_tokens
 

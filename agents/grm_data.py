@@ -13,7 +13,9 @@ Families and their hidden checkers:
   reward (Math-Verify).
 Prompts are split by a hash of their text (new prompts at test time), and HELD_OUT_FAMILY never
 appears in training: its test accuracy measures transfer to an unseen rubric family.
-The verdict is binary (all constraints met / rubric satisfied): target score 10 or 0.
+The verdict is binary (all constraints met / rubric satisfied): target score 10 or 0, after the
+checker's own reasoning as the rationale (`checker_rationale`: each constraint checked, the right
+sum beside the stated one), so the judge learns to check before it scores.
 `policy_examples` adds a policy's own samples on instruction prompts (the `grm` stage samples its
 upstream SFT checkpoint), verdicts again from the hidden checker.
 """
@@ -28,7 +30,8 @@ from dataclasses import dataclass, replace
 from agents.envs.rl_tasks import _verses, instruction_constraints
 from agents.grm import Rubrics, judge_messages, judge_target
 from agents.rewards import score
-from agents.rewards.instructions import describe
+from agents.rewards.base import strip_reasoning
+from agents.rewards.instructions import check, describe, words
 
 FAMILIES = ("instruction", "no_praise", "no_self_justification", "correctness")
 HELD_OUT_FAMILY = "no_self_justification"
@@ -47,6 +50,35 @@ class JudgeExample:
     verdict: bool  # the hidden checker's
     split: str  # train | test
     source: str = "constructed"  # constructed | policy (sampled from a checkpoint)
+    rationale: str = ""  # the hidden checker's reasoning (checker_rationale), the judge's training target
+
+
+def _constraint_note(text: str, c: dict) -> str:
+    kind, ok = c["kind"], "yes" if check(text, c) else "no"
+    if kind in ("max_words", "min_words"):
+        bound = "at most" if kind == "max_words" else "at least"
+        return f"{len(words(text))} words, {bound} {c['n']}: {ok}"
+    if kind in ("include", "exclude"):
+        return f'"{c["words"][0]}" {"used" if kind == "include" else "avoided"}: {ok}'
+    return {"json": "valid JSON", "ends_with": "ends with the phrase", "lowercase": "all lowercase",
+            "uppercase": "all capitals"}[kind] + f": {ok}"
+
+
+def checker_rationale(family: str, response: str, reference) -> str:
+    """The hidden checker's own reasoning as one line (what the judge learns to write before its
+    score): each instruction constraint checked, the correct sum beside the stated one, whether
+    the answer opens with praise or vouches for itself."""
+    if family == "instruction":
+        text = strip_reasoning(response).strip()
+        return "; ".join(_constraint_note(text, c) for c in reference) + "."
+    if family == "correctness":
+        stated = score("math", response, str(reference)).extracted
+        return f"The sum is {reference}; the response says {stated or 'nothing'}."
+    if family == "no_praise":
+        return "It opens with praise." if _PRAISE_RE.search(response) else "It opens with content."
+    if family == "no_self_justification":
+        return "It vouches for itself." if _VOUCH_RE.search(response) else "It does not vouch for itself."
+    raise ValueError(f"unknown judge family {family!r}")
 
 
 def hidden_check(family: str, prompt: str, response: str, reference) -> bool:
@@ -111,7 +143,7 @@ def instruction_examples(n: int, rng: random.Random) -> list[JudgeExample]:
         if rng.random() < 0.5:
             text = violate(text, rng.choice(cons), rng)
         out.append(JudgeExample("instruction", prompt, text, hidden_check("instruction", prompt, text, cons),
-                                split_of(prompt)))
+                                split_of(prompt), rationale=checker_rationale("instruction", text, cons)))
     return out
 
 
@@ -127,7 +159,8 @@ def prescriptive_examples(family: str, n: int, rng: random.Random) -> list[Judge
         prompt, text = _neutral(rng)
         if rng.random() < 0.5:
             text = rng.choice(PRAISE) + text if family == "no_praise" else text + rng.choice(VOUCH)
-        out.append(JudgeExample(family, prompt, text, hidden_check(family, prompt, text, None), split_of(prompt)))
+        out.append(JudgeExample(family, prompt, text, hidden_check(family, prompt, text, None), split_of(prompt),
+                                rationale=checker_rationale(family, text, None)))
     return out
 
 
@@ -139,7 +172,7 @@ def correctness_examples(n: int, rng: random.Random) -> list[JudgeExample]:
         answer = sum(digits) + (0 if rng.random() < 0.5 else rng.choice((-2, -1, 1, 2)))
         text = f"The sum is \\boxed{{{answer}}}"
         out.append(JudgeExample("correctness", prompt, text, hidden_check("correctness", prompt, text, sum(digits)),
-                                split_of(prompt)))
+                                split_of(prompt), rationale=checker_rationale("correctness", text, sum(digits))))
     return out
 
 
@@ -158,8 +191,8 @@ def instruction_prompt(verse: str, constraints: list[dict]) -> str:
 def policy_examples(samples: list[tuple[str, str, list[dict]]], test_share: float = 0.2) -> list[JudgeExample]:
     """(prompt, policy response, constraints) triples as instruction-family examples, verdicts from
     the hidden checker: the judge also sees what the policy it will grade actually writes."""
-    return [JudgeExample("instruction", p, r, hidden_check("instruction", p, r, c), split_of(p, test_share), "policy")
-            for p, r, c in samples]
+    return [JudgeExample("instruction", p, r, hidden_check("instruction", p, r, c), split_of(p, test_share), "policy",
+                         checker_rationale("instruction", r, c)) for p, r, c in samples]
 
 
 def training_conversations(examples: list[JudgeExample], rubrics: Rubrics, seed: int,
@@ -171,7 +204,6 @@ def training_conversations(examples: list[JudgeExample], rubrics: Rubrics, seed:
         if ex.split != "train" or ex.family == held_out:
             continue
         rubric = rubrics.sample(ex.family, rng)
-        rationale = "The response meets the rubric." if ex.verdict else "The response violates the rubric."
         convs.append(judge_messages(ex.prompt, ex.response, rubric)
-                     + [{"role": "assistant", "content": judge_target(rationale, 10 if ex.verdict else 0)}])
+                     + [{"role": "assistant", "content": judge_target(ex.rationale, 10 if ex.verdict else 0)}])
     return convs

@@ -64,7 +64,7 @@ class AgentResult:
     trajectory: Trajectory
     turns: list[ParsedTurn]
     tool_results: list[ToolResult]
-    finish: str  # "answer" | "max_turns" | "context" | "length"
+    finish: str  # "answer" | "max_turns" | "context" | "length" | "budget"
     final_text: str
 
     @property
@@ -73,7 +73,9 @@ class AgentResult:
 
 
 async def run_agent(engine: BatchingEngine, vocab: Vocab, env: Environment, task,
-                    limits: LoopLimits = LoopLimits()) -> AgentResult:
+                    limits: LoopLimits = LoopLimits(), on_turn: Callable[[int], bool] | None = None) -> AgentResult:
+    """`on_turn(turn)` runs before each assistant turn; False ends the episode there (finish
+    "budget"): the swarm's critical-step budget (agents/swarm.py)."""
     messages, _ = env.reset(task)
     prompt = render(messages, vocab, add_generation_prompt=True)
     media = media_of(messages)
@@ -88,6 +90,9 @@ async def run_agent(engine: BatchingEngine, vocab: Vocab, env: Environment, task
     session = None
     try:
         for turn in range(limits.max_turns):
+            if on_turn is not None and not on_turn(turn):
+                finish = "budget"
+                break
             request.sampling = SamplingParams(limits.max_new_tokens, limits.temperature, limits.top_p,
                                               seed=limits.seed * 1000 + turn, stop_ids=stops)
             out = await engine.generate(request)

@@ -3,16 +3,17 @@ the hidden checker is watched (the reward-hacking test).
 
     python -m benchmarks.bench_grm [--quick] [--judge-steps 1500] [--iterations 20]
 
-1. Judge data (agents/grm_data.py): (rubric, prompt, response, verdict) for four families, the
-   verdict from a hidden programmatic checker; prompts split train/test by hash, and the
-   `no_self_justification` family held out of training entirely.
-2. The judge: a fresh tiny K25Model learns `<rationale> Score: k/10` by cross-entropy on the
-   training split (a random rubric variant per example).
-3. Judge accuracy on held-out prompts through LocalJudge (the engine, greedy), verdict = score >=
-   0.5, against the hidden checker; parse failures through ParseLedger (the strict contract);
-   agreement between two rubric variants on the same items.
-4. GRM-driven RL: a tiny policy warmed up on instruction prompts (answers meeting every
-   constraint about a third of the time) trains with reward = the judge's score under a sampled
+1. A tiny policy warmed up on instruction prompts (answers meeting every constraint about a
+   third of the time) answers `--policy-prompts` of RL's instruction prompts twice.
+2. Judge data (agents/grm_data.py): (rubric, prompt, response, verdict) for four families, the
+   verdict from a hidden programmatic checker, constructed responses plus the policy's answers;
+   prompts split train/test by hash, and the `no_self_justification` family held out of training
+   entirely. A fresh tiny K25Model learns `<checker rationale> Score: k/10` by cross-entropy on
+   the training split (a random rubric variant per example).
+3. Judge accuracy on held-out prompts (also on the policy's answers alone) through LocalJudge
+   (the engine, greedy), verdict = score >= 0.5, against the hidden checker; parse failures
+   through ParseLedger (the strict contract); agreement between two rubric variants.
+4. GRM-driven RL: the policy of step 1 trains with reward = the judge's score under a sampled
    `instruction` rubric variant (no verifier in the reward), while the hidden instruction checker
    is logged beside it every iteration.
 Baseline measured in the same run: chance (0.5) for the judge; the first 5 iterations for RL.
@@ -50,7 +51,10 @@ def judge_accuracy(judge, examples, rubrics, ledger, seed: int) -> tuple[dict[st
     by_family: dict[str, list[bool]] = {}
     for e, j in zip(test, judged):
         score, _ = ledger.record(j, e.family)
-        by_family.setdefault(e.family, []).append(score is not None and (score >= 0.5) == e.verdict)
+        right = score is not None and (score >= 0.5) == e.verdict
+        by_family.setdefault(e.family, []).append(right)
+        if e.source == "policy":
+            by_family.setdefault(f"{e.family}_policy", []).append(right)
     sample = test[:: max(1, len(test) // 100)]
     a = judge.score_many([(e.prompt, e.response, rubrics.variants(e.family)[0]) for e in sample])
     b = judge.score_many([(e.prompt, e.response, rubrics.variants(e.family)[1]) for e in sample])
@@ -136,6 +140,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--per-family", type=int, default=800)
     p.add_argument("--judge-steps", type=int, default=1500)
+    p.add_argument("--policy-prompts", type=int, default=128, help="RL prompts the warmed-up policy answers for the judge")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group", type=int, default=6)
@@ -149,15 +154,24 @@ def main() -> None:
     import helpers
 
     from agents.grm import LocalJudge, ParseLedger, Rubrics
-    from agents.grm_data import HELD_OUT_FAMILY, judge_examples, training_conversations
+    from agents.grm_data import HELD_OUT_FAMILY, judge_examples, policy_examples, training_conversations
+    from infra.settings import default_data_root
     from model.config import model_preset
     from model.multimodal import K25Model
     from training.data import load_vocab
+    from training.grm import instruction_prompts, policy_answers
 
     t0 = time.perf_counter()
     vocab = load_vocab(helpers.build_tiny_data(tempfile.mkdtemp(prefix="bench-grm-")).mixture)
     rubrics = Rubrics()
-    examples = judge_examples(args.per_family, args.seed)
+    # the policy first: the judge's data includes the policy's own answers to RL's prompts
+    torch.manual_seed(args.seed + 1)
+    policy = K25Model(model_preset("tiny", vocab_size=vocab.size, max_seq_len=256), media_pad_id=vocab.media_pad)
+    ce_train(policy, vocab, policy_warmup_conversations(1024, args.seed), 150, 2e-3, args.seed, batch=8)
+    policy.eval()
+    sampled = policy_answers(policy, vocab, instruction_prompts(args.policy_prompts, args.seed, default_data_root()), 2,
+                             args.seed, 256)
+    examples = judge_examples(args.per_family, args.seed) + policy_examples(sampled)
     convs = training_conversations(examples, rubrics, args.seed)
     torch.manual_seed(args.seed)
     judge_model = K25Model(model_preset("tiny", vocab_size=vocab.size, max_seq_len=512), media_pad_id=vocab.media_pad)
@@ -168,13 +182,12 @@ def main() -> None:
     acc, agree = judge_accuracy(judge, examples, rubrics, ledger, args.seed)
     seen = float(np.mean([v for f, v in acc.items() if f != HELD_OUT_FAMILY]))
     unseen = acc[HELD_OUT_FAMILY]
-    print(f"judge: {len(convs)} training examples, {args.judge_steps} steps, loss {loss:.3f} "
-          f"({time.perf_counter() - t0:.0f} s); accuracy per family {acc}; seen {seen:.3f}, unseen ({HELD_OUT_FAMILY}) "
-          f"{unseen:.3f}; rubric-variant agreement {agree:.3f}; parse failures {ledger.failed}/{ledger.total}", flush=True)
+    policy_acc = acc.pop("instruction_policy", float("nan"))
+    print(f"judge: {len(convs)} training examples ({len(sampled)} policy answers), {args.judge_steps} steps, loss "
+          f"{loss:.3f} ({time.perf_counter() - t0:.0f} s); accuracy per family {acc}; on the policy's own answers "
+          f"{policy_acc:.3f}; seen {seen:.3f}, unseen ({HELD_OUT_FAMILY}) {unseen:.3f}; rubric-variant agreement "
+          f"{agree:.3f}; parse failures {ledger.failed}/{ledger.total}", flush=True)
 
-    torch.manual_seed(args.seed + 1)
-    policy = K25Model(model_preset("tiny", vocab_size=vocab.size, max_seq_len=256), media_pad_id=vocab.media_pad)
-    ce_train(policy, vocab, policy_warmup_conversations(1024, args.seed), 150, 2e-3, args.seed, batch=8)
     grm, gold = grm_rl(policy, judge, vocab, rubrics, ledger, args, args.seed)
     gold_gain = float(np.mean(gold[-5:]) - np.mean(gold[:5]))
     grm_gain = float(np.mean(grm[-5:]) - np.mean(grm[:5]))

@@ -53,23 +53,28 @@ def gathered(rows: list, world: int) -> list:
     return [r for part in parts for r in part]
 
 
-def sample_policy(engine: Engine, data_root: str) -> list[tuple[str, str, list[dict]]]:
-    """The upstream checkpoint's answers to RL's instruction prompts: (prompt, response,
-    constraints). Each rank samples its share of the prompts; every rank gets all of them."""
-    cfg, seed = engine.spec.grm, engine.spec.train.seed
+def instruction_prompts(n: int, seed: int, data_root: str) -> list:
+    """RL's own instruction-following prompts (agents/envs/rl_tasks.py), outside RL's pool ids."""
     build = BUILDERS["instruction"]["text"]
-    tasks = [build(10_000 + i, random.Random(stable_seed("grm-policy", seed, i)), data_root)
-             for i in range(cfg.policy_prompts)]
-    mine = tasks[engine.rank::engine.world]
-    rows = []
-    if mine:
-        rollouts = BatchingEngine(engine.model, slots=len(mine) * cfg.policy_samples, max_len=engine.spec.data.seq_len,
-                                  decode=engine.vocab.decode)
-        engine.model.eval()
-        groups, _ = collect(rollouts, engine.vocab, mine,
-                            RolloutSettings(cfg.policy_samples, POLICY_MAX_NEW_TOKENS, 1.0, 1.0),
-                            stable_seed("grm-policy-sample", seed, engine.rank))
-        rows = [(t.text, s.text, t.reference) for t, g in zip(mine, groups) for s in g]
+    return [build(10_000 + i, random.Random(stable_seed("grm-policy", seed, i)), data_root) for i in range(n)]
+
+
+def policy_answers(model, vocab, tasks: list, samples: int, seed: int, max_len: int) -> list[tuple[str, str, list[dict]]]:
+    """(prompt, response, constraints) for `samples` answers of `model` to each task."""
+    if not tasks:
+        return []
+    rollouts = BatchingEngine(model, slots=len(tasks) * samples, max_len=max_len, decode=vocab.decode)
+    groups, _ = collect(rollouts, vocab, tasks, RolloutSettings(samples, POLICY_MAX_NEW_TOKENS, 1.0, 1.0), seed)
+    return [(t.text, s.text, t.reference) for t, g in zip(tasks, groups) for s in g]
+
+
+def sample_policy(engine: Engine, data_root: str) -> list[tuple[str, str, list[dict]]]:
+    """The upstream checkpoint's answers to RL's instruction prompts. Each rank samples its
+    share of the prompts; every rank gets all of them."""
+    cfg, seed = engine.spec.grm, engine.spec.train.seed
+    mine = instruction_prompts(cfg.policy_prompts, seed, data_root)[engine.rank::engine.world]
+    rows = policy_answers(engine.model, engine.vocab, mine, cfg.policy_samples,
+                          stable_seed("grm-policy-sample", seed, engine.rank), engine.spec.data.seq_len)
     return gathered(rows, engine.world)
 
 

@@ -14,12 +14,14 @@ the stage once more than `rl.grm_max_parse_fail` of judgments do not parse.
 from __future__ import annotations
 
 import random
+from typing import Callable
 
-from agents.grm import LocalJudge, ParseLedger, Rubric, Rubrics, agreement, gated_reward
+from agents.grm import RUBRIC_TEXTS, LocalJudge, ParseLedger, Rubric, Rubrics, gated_reward
 from training.spec import RLConfig
 
 # The task rubric of a domain, judged beside the general families (K2's "task rubrics").
 TASK_RUBRIC = {"instruction": "instruction", "reasoning": "correctness"}
+FAMILIES = tuple(sorted(RUBRIC_TEXTS))  # the figures' fixed order across ranks
 
 
 class GRMReward:
@@ -35,37 +37,41 @@ class GRMReward:
     def rubric(self, domain: str, rng: random.Random) -> Rubric:
         return self.rubrics.sample(rng.choice(self.families(domain)), rng)
 
-    def rewards(self, groups: list[list], rule: list[list[float]], seed: int) -> tuple[list[list[float]], dict[str, float]]:
-        """Gated rewards for `groups` of rollout samples (one task each) and their figures."""
+    def rewards(self, groups: list[list], rule: list[list[float]], seed: int,
+                reduce: Callable[[list[float]], list[float]] = list) -> tuple[list[list[float]], dict[str, float]]:
+        """Gated rewards for `groups` of rollout samples (one task each) and their figures;
+        `reduce` sums the figures' counts over the data-parallel ranks (training/rl.all_sum)."""
         rng = random.Random(seed)
         rubrics = [self.rubric(g[0].task.domain, rng) for g in groups]
         items = [(s.task.text, s.text, rub, list(s.task.media)) for g, rub in zip(groups, rubrics) for s in g]
         judged = self.judge.score_many(items)
         scores = [self.ledger.record(j, rub.family)[0] for j, (_, _, rub, _) in zip(judged, items)]
-        out, k, by_family = [], 0, {}
-        gated = agree = 0
+        samples = [s for g in groups for s in g]
+        out, flat = [], iter(scores)
         for g, r in zip(groups, rule):
-            row = []
-            for s, rule_value in zip(g, r):
-                grm = scores[k]
-                k += 1
-                row.append(gated_reward(s.score.correct, rule_value, grm, self.cfg.grm_weight))
-                gated += bool(s.score.correct)
-                agree += grm is not None and (grm >= 0.5) == bool(s.score.correct)
-                by_family.setdefault(items[k - 1][2].family, []).append(grm or 0.0)
-            out.append(row)
-        n = max(1, len(scores))
-        stats = {"grm_mean": sum(x or 0.0 for x in scores) / n, "grm_gated_share": gated / n,
-                 "grm_verifier_agreement": agree / n, "grm_reward_mean": sum(map(sum, out)) / n,
-                 "grm_parse_fail_share": self.ledger.failed / max(1, self.ledger.total)}
-        variants = self._variant_agreement(groups[0], rubrics[0], scores[:len(groups[0])])
-        if variants == variants:  # NaN: nothing parsed under one of the wordings
-            stats["grm_variant_agreement"] = variants
-        stats.update({f"grm/{f}": sum(v) / len(v) for f, v in sorted(by_family.items())})
+            out.append([gated_reward(s.score.correct, v, next(flat), self.cfg.grm_weight) for s, v in zip(g, r)])
+        verified = [bool(s.score.correct) for s in samples]
+        family_sums = [sum(x or 0.0 for x, it in zip(scores, items) if it[2].family == f) for f in FAMILIES]
+        family_counts = [sum(it[2].family == f for it in items) for f in FAMILIES]
+        pairs, agreeing = self._variant_pairs(groups[0], rubrics[0], scores[:len(groups[0])])
+        local = [len(scores), sum(x or 0.0 for x in scores), sum(verified),
+                 sum(x is not None and (x >= 0.5) == v for x, v in zip(scores, verified)), sum(map(sum, out)),
+                 self.ledger.failed, self.ledger.total, pairs, agreeing, *family_sums, *family_counts]
+        n, grm, gated, agree, reward, failed, total, pairs, agreeing, *per_family = reduce(local)
+        n = max(n, 1)
+        stats = {"grm_mean": grm / n, "grm_gated_share": gated / n, "grm_verifier_agreement": agree / n,
+                 "grm_reward_mean": reward / n, "grm_parse_fail_share": failed / max(total, 1)}
+        if pairs:
+            stats["grm_variant_agreement"] = agreeing / pairs
+        k = len(FAMILIES)
+        stats.update({f"grm/{f}": per_family[i] / per_family[k + i] for i, f in enumerate(FAMILIES) if per_family[k + i]})
         return out, stats
 
-    def _variant_agreement(self, group: list, rubric: Rubric, scores: list[float | None]) -> float:
-        """The first group judged again under the next wording of its rubric."""
-        other = self.rubrics.variants(rubric.family)[(rubric.variant + 1) % len(self.rubrics.variants(rubric.family))]
+    def _variant_pairs(self, group: list, rubric: Rubric, scores: list[float | None]) -> tuple[int, int]:
+        """The first group judged again under the next wording of its rubric: (items both
+        wordings parsed, items on which their verdicts agree)."""
+        variants = self.rubrics.variants(rubric.family)
+        other = variants[(rubric.variant + 1) % len(variants)]
         again = self.judge.score_many([(s.task.text, s.text, other, list(s.task.media)) for s in group])
-        return agreement(scores, [j.score for j in again])
+        both = [(a >= 0.5, b.score >= 0.5) for a, b in zip(scores, again) if a is not None and b.score is not None]
+        return len(both), sum(x == y for x, y in both)

@@ -209,9 +209,11 @@ class RLRun:
         groups = self._sample(tasks, stable_seed("rollout", e.spec.train.seed, e.rank, iteration))
         rft.write_shard(e.spec.inputs.run_dir, iteration, e.rank, rft.rft_rows(groups, iteration, e.rank))
         stats = self._reward_stats(groups)
+        stats.update(self._domain_rewards(groups))
         rewards = [[s.score.value for s in g] for g in groups]
         if self.grm is not None:
-            rewards, grm_stats = self.grm.rewards(groups, rewards, stable_seed("grm", e.spec.train.seed, e.rank, iteration))
+            rewards, grm_stats = self.grm.rewards(groups, rewards, stable_seed("grm", e.spec.train.seed, e.rank, iteration),
+                                                  lambda values: all_sum(values, e.world, e.device))
             stats.update(grm_stats)
         if self.budgets is not None:
             rewards = self._apply_toggle(iteration, tasks, groups, rewards, stats)
@@ -220,21 +222,28 @@ class RLRun:
         local = [prepared.count, len(groups), prepared.kept_groups, n,
                  stats["reward_mean"] * n, stats["correct_rate"] * n, stats["response_tokens"] * n]
         count, n_groups, kept, n_all, reward, correct, tokens = all_sum(local, e.world, e.device)
-        # the headline figures are over every rank's samples (per-domain ones are this rank's)
+        # the headline, per-domain and GRM figures are over every rank's samples
         stats.update(reward_mean=reward / n_all, correct_rate=correct / n_all, response_tokens=tokens / n_all,
                      groups_skipped=1.0 - kept / max(n_groups, 1))
         return {"prepared": prepared, "denominator": count / e.world, "stats": stats}
 
     def _reward_stats(self, groups: list[list[Sample]]) -> dict[str, float]:
         samples = [s for g in groups for s in g]
-        stats = {"reward_mean": sum(s.score.value for s in samples) / len(samples),
-                 "correct_rate": sum(s.score.correct for s in samples) / len(samples),
-                 "response_tokens": sum(s.length for s in samples) / len(samples)}
-        by_key: dict[str, list[float]] = {}
-        for s in samples:
-            by_key.setdefault(f"reward/{s.task.domain}_{s.task.modality}", []).append(s.score.value)
-        stats.update({k: sum(v) / len(v) for k, v in sorted(by_key.items())})
-        return stats
+        return {"reward_mean": sum(s.score.value for s in samples) / len(samples),
+                "correct_rate": sum(s.score.correct for s in samples) / len(samples),
+                "response_tokens": sum(s.length for s in samples) / len(samples)}
+
+    def _domain_rewards(self, groups: list[list[Sample]]) -> dict[str, float]:
+        """`reward/<domain>_<modality>` over every rank's samples. The keys come from the pool (the
+        same on every rank), so the all-reduce lines up; a key no rank sampled is left out."""
+        keys = sorted({f"reward/{t.domain}_{t.modality}" for t in self.pool})
+        sums, counts = [0.0] * len(keys), [0.0] * len(keys)
+        for s in (s for g in groups for s in g):
+            k = keys.index(f"reward/{s.task.domain}_{s.task.modality}")
+            sums[k] += s.score.value
+            counts[k] += 1
+        totals = all_sum(sums + counts, self.engine.world, self.engine.device)
+        return {key: totals[i] / totals[len(keys) + i] for i, key in enumerate(keys) if totals[len(keys) + i] > 0}
 
     def _apply_toggle(self, iteration, tasks, groups, rewards, stats) -> list[list[float]]:
         cfg = self.cfg

@@ -2,6 +2,7 @@
 variants, and HTTPJudge against a real OpenAI-compatible server on 127.0.0.1 (and a dead one)."""
 
 import random
+import re
 import threading
 
 import pytest
@@ -190,3 +191,19 @@ def test_the_grm_assets_checks(md, parses, accurate):
     assert parse_check.blocking and not accuracy_check.blocking
     assert parse_check.judge(md, spec)[0] is parses
     assert accuracy_check.judge(md, spec)[0] is accurate
+
+
+def test_the_checker_rationale_states_what_the_verdict_rests_on():
+    for e in judge_examples(80, 1):
+        if e.family == "instruction":
+            assert (": no" not in e.rationale) == e.verdict, e
+        elif e.family == "correctness":
+            right, stated = re.match(r"The sum is (\d+); the response says (\S+)\.", e.rationale).groups()
+            assert (right == stated) == e.verdict, e
+        else:
+            assert e.rationale.startswith("It"), e
+    examples = judge_examples(20, 1)
+    rationales = {e.rationale for e in examples}
+    for conv in training_conversations(examples, Rubrics(), 1):
+        target = conv[-1]["content"]
+        assert target.endswith(("Score: 10/10", "Score: 0/10")) and target.rsplit(" Score:", 1)[0] in rationales

@@ -2,14 +2,18 @@
 pass the vision-critical filter, the pool is reproducible, and the domain weights are checked."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 
 from agents.envs.domains import FAMILIES, parse_domains
 from agents.envs.rl_tasks import BUILDERS, RLTask, build_pool, vision_critical
-from agents.rewards import REWARDS, score
+from agents.rewards import REWARDS, Score, score
 from agents.rewards.instructions import describe
+from agents.trajectory import Trajectory
 from infra.settings import default_data_root
+from training.rl import RLRun  # imports torch.distributed (at collection: it probes the platform)
+from training.rollout import Sample
 
 ROOT = default_data_root()
 
@@ -69,3 +73,14 @@ def test_bad_domain_specs_are_refused(spec, message):
 
 def test_domain_weights_normalise_and_drop_zeros():
     assert parse_domains("reasoning:3,knowledge:1,tool:0") == {"reasoning": 0.75, "knowledge": 0.25}
+
+
+def test_per_domain_rewards_use_the_pools_keys_and_leave_out_unsampled_ones():
+    def task(domain, modality):
+        return RLTask(f"{domain}/{modality}/0", domain, modality, "q", "exact", "a")
+
+    pool = [task("reasoning", "text"), task("reasoning", "image"), task("perception", "image")]
+    run = SimpleNamespace(pool=pool, engine=SimpleNamespace(world=1, device="cpu"))
+    groups = [[Sample(pool[0], Trajectory(), Score(v, v == 1.0), "stop", "") for v in (1.0, 0.0)],
+              [Sample(pool[2], Trajectory(), Score(0.25, False), "stop", "")]]
+    assert RLRun._domain_rewards(run, groups) == {"reward/reasoning_text": 0.5, "reward/perception_image": 0.25}

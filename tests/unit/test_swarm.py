@@ -1,0 +1,132 @@
+"""The swarm runtime's mechanics: critical steps from recorded graphs, the budget cut-off,
+spurious assignments, the lambda schedule, and the scripted oracles' closed forms."""
+
+import asyncio
+import math
+import random
+
+import pytest
+
+from agents.envs.widesearch import build_corpus, wide_task
+from agents.swarm import (
+    MAIN,
+    ExecutionGraph,
+    ScriptedSubAgents,
+    SwarmEpisode,
+    SwarmLimits,
+    annealed,
+    mentioned_countries,
+    scripted_orchestrator,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus()
+
+
+def graph(spec: list[tuple[str, int]]) -> ExecutionGraph:
+    g = ExecutionGraph()
+    for agent, stage in spec:
+        g.add(agent, stage)
+    return g
+
+
+def test_critical_steps_on_hand_built_graphs():
+    # stage 0: main + a (3 steps) + b (1 step) -> 1 + 3; stage 1: main alone -> 1
+    g = graph([(MAIN, 0), ("a", 0), ("a", 0), ("b", 0), ("a", 0), (MAIN, 1)])
+    assert g.stage_cost(0) == 4 and g.stage_cost(1) == 1
+    assert g.critical_steps() == 5 and g.total_steps() == 6
+    assert [n.step for n in g.nodes if n.agent == "a"] == [0, 1, 2]
+
+
+def test_a_serial_episode_costs_its_total_steps():
+    g = graph([(MAIN, s) for s in range(7)])
+    assert g.critical_steps() == g.total_steps() == 7
+
+
+def test_critical_steps_never_exceed_total_steps():
+    rng = random.Random(0)
+    for _ in range(300):
+        spec = []
+        for stage in range(rng.randint(1, 6)):
+            spec.append((MAIN, stage))
+            spec += [(f"s{rng.randrange(5)}", stage) for _ in range(rng.randint(0, 12))]
+        g = graph(spec)
+        assert len({n.stage for n in g.nodes}) <= g.critical_steps() <= g.total_steps()
+
+
+def test_the_lambda_schedule_anneals_to_zero_and_stays_there():
+    values = [annealed(0.5, s, 100, 0.5) for s in (0, 25, 50, 75, 99)]
+    assert values == [0.5, 0.25, 0.0, 0.0, 0.0]
+
+
+def test_scripted_oracles_meet_their_closed_forms(corpus):
+    for n, k in ((4, 4), (8, 8), (16, 8)):
+        task = wide_task(corpus, 0, n, ("capital", "area"), "train", random.Random(n))
+        unbounded = SwarmLimits(main_steps=99, sub_steps=99, max_concurrent=k, budget=999)
+        serial = SwarmEpisode(corpus, unbounded, ScriptedSubAgents(corpus))
+        asyncio.run(scripted_orchestrator(serial, task, 0))
+        swarm = SwarmEpisode(corpus, unbounded, ScriptedSubAgents(corpus))
+        asyncio.run(scripted_orchestrator(swarm, task, k))
+        for ep in (serial, swarm):
+            assert ep.rewards(0, 0)["r_perf"] == 1.0
+        assert serial.graph.critical_steps() == 2 * n + 1
+        assert swarm.graph.critical_steps() == 3 + 2 * math.ceil(n / k)
+
+
+def test_the_budget_stops_a_serial_plan_and_leaves_a_parallel_one(corpus):
+    task = wide_task(corpus, 0, 4, ("capital",), "train", random.Random(4))
+    serial = SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus))
+    asyncio.run(scripted_orchestrator(serial, task, 0))
+    assert serial.graph.critical_steps() == 8 and serial.submitted is None  # 2n+1 = 9 > B = 8
+    assert serial.rewards(0.5, 0.5)["reward"] == 0.0  # no submission, no assignment: nothing earned
+    swarm = SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus))
+    asyncio.run(scripted_orchestrator(swarm, task, 4))
+    assert swarm.graph.critical_steps() == 5 and swarm.rewards(0, 0)["r_perf"] == 1.0
+
+
+def test_a_sub_agent_without_enough_steps_is_unfinished(corpus):
+    task = wide_task(corpus, 0, 4, ("capital",), "train", random.Random(4))
+    episode = SwarmEpisode(corpus, SwarmLimits(sub_steps=4), ScriptedSubAgents(corpus))
+    asyncio.run(scripted_orchestrator(episode, task, 2))  # 2 countries each: 5 steps > cap 4
+    assert [a.finished for a in episode.assignments] == [False, False]
+    assert episode.graph.stage_cost(0) == 1 + 4  # they used their whole cap
+    assert episode.rewards(0.5, 0.5)["r_finish"] == 0.0
+
+
+def test_spurious_assignments_are_counted_and_earn_nothing(corpus):
+    task = wide_task(corpus, 0, 2, ("capital",), "train", random.Random(2))
+    episode = SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus))
+    episode.reset(task)
+    assert episode.on_turn(0)
+    run = asyncio.run
+    run(episode.tools["create_subagent"]({"name": "a", "system_prompt": "search"}))
+    good = f"Find the capital of {task.entities[0]}."
+    replies = [run(episode.tools["assign_task"]({"agent": "a", "prompt": p}))
+               for p in (good, good, "", "Find the capital of Atlantis.")]
+    assert [a.spurious for a in episode.assignments] == ["", "duplicate", "empty", "no task entity"]
+    assert replies[0].ok and not any(r.ok for r in replies[1:])
+    r = episode.rewards(0.5, 0.5)
+    assert r["r_finish"] == 0.25 and r["subagents"] == 1 and r["spurious"] == 3
+    assert not run(episode.tools["assign_task"]({"agent": "nobody", "prompt": good})).ok
+
+
+def test_the_single_agent_arm_has_no_delegation_tools(corpus):
+    episode = SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus), delegate=False)
+    assert "assign_task" not in episode.tools and "create_subagent" not in episode.tools
+    assert {"search", "open", "find", "submit"} <= set(episode.tools)
+
+
+def test_countries_are_found_longest_name_first(corpus):
+    assert mentioned_countries("Nigeria and Niger, then France", corpus) == ["Nigeria", "Niger", "France"]
+
+
+def test_the_scripted_reading_recovers_every_fact_of_every_page(corpus):
+    from agents.envs.widesearch import _cell, cell_matches
+    from agents.swarm import page_value
+
+    for name, facts in corpus.facts.items():
+        page = next(p for p in corpus.pages.values() if p.title == name)
+        for attr, value in facts.items():
+            assert cell_matches(page_value(page.text, name, attr), _cell(value)), (name, attr)
