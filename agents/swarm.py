@@ -32,7 +32,7 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from agents.envs.widesearch import Corpus, WideSearchEnv, WideSearchTask, normalise, score_table
 from agents.loop import LoopLimits, ToolResult, run_agent
@@ -137,6 +137,12 @@ class ScriptedSubAgents:
     error_rate: float = 0.0
     seed: int = 0
     label: str = "scripted"
+    pace: Callable[[], Awaitable[None]] | None = None  # awaited once per step (e.g. decode on a shared engine)
+
+    async def _step(self, on_step) -> None:
+        on_step()
+        if self.pace is not None:
+            await self.pace()
 
     async def run(self, system_prompt: str, prompt: str, cap: int, on_step) -> tuple[str, bool]:
         env = SubAgentEnv(self.corpus, system_prompt)
@@ -144,19 +150,19 @@ class ScriptedSubAgents:
         attributes = [a for a in PAGE_PATTERNS if a.replace("_", " ") in prompt.lower()]
         if 2 * len(countries) + 1 > cap:  # it works its whole cap and does not get to answer
             for _ in range(cap):
-                on_step()
+                await self._step(on_step)
             return "", False
         rng = random.Random(f"scripted:{self.seed}:{prompt}")
         lines = []
         for country in countries:  # one tool call per step, like the serial oracle
-            on_step()
+            await self._step(on_step)
             found = await env.tools["search"]({"queries": [country]})
             doc = re.search(rf"^- (\S+) \| {re.escape(country)} \|", found.text, re.M)
-            on_step()
+            await self._step(on_step)
             page = await env.tools["open"]({"doc_id": doc.group(1)}) if doc else ToolResult("", ok=False)
             cells = [("unknown" if rng.random() < self.error_rate else page_value(page.text, country, a)) for a in attributes]
             lines.append(" | ".join([country, *cells]))
-        on_step()  # the answer
+        await self._step(on_step)  # the answer
         return "\n".join(lines), True
 
 
@@ -311,17 +317,26 @@ def annealed(initial: float, step: int, total_steps: int, anneal_fraction: float
 
 # ---- scripted orchestrators (the oracle arms)
 
-async def scripted_orchestrator(episode: SwarmEpisode, task: WideSearchTask, fan_out: int) -> None:
+async def scripted_orchestrator(episode: SwarmEpisode, task: WideSearchTask, fan_out: int,
+                                pace: Callable[[], Awaitable[None]] | None = None) -> None:
     """SCRIPTED: fan_out = 0 is the serial plan (search then open each country itself, then
     submit); fan_out = k deals the countries to k sub-agents in one stage, then submits their
-    lines as the table. Runs through the episode's own tools and budget."""
+    lines as the table. Runs through the episode's own tools and budget; `pace` is awaited once
+    per main step, like ScriptedSubAgents.pace."""
     episode.reset(task)
     turn = 0
+
+    async def step(t: int) -> bool:
+        if not episode.on_turn(t):
+            return False
+        if pace is not None:
+            await pace()
+        return True
     if fan_out == 0:
         pages = {}
         for country in task.entities:
             for call in ("search", "open"):
-                if not episode.on_turn(turn):
+                if not await step(turn):
                     return
                 turn += 1
                 if call == "search":
@@ -331,7 +346,7 @@ async def scripted_orchestrator(episode: SwarmEpisode, task: WideSearchTask, fan
                     pages[country] = (await episode.tools["open"]({"doc_id": doc.group(1)})).text if doc else ""
         rows = [[c, *(page_value(pages[c], c, a) for a in task.columns[1:])] for c in task.entities]
     else:
-        if not episode.on_turn(turn):
+        if not await step(turn):
             return
         turn += 1
         shares = [task.entities[i::fan_out] for i in range(min(fan_out, len(task.entities)))]
@@ -341,5 +356,5 @@ async def scripted_orchestrator(episode: SwarmEpisode, task: WideSearchTask, fan
         replies = await asyncio.gather(*(episode.tools["assign_task"](
             {"agent": f"agent{i}", "prompt": f"Find the {asks} of: {', '.join(share)}."}) for i, share in enumerate(shares)))
         rows = [[cell.strip() for cell in line.split("|")] for r in replies for line in r.text.splitlines()[1:] if "|" in line]
-    if episode.on_turn(turn):
+    if await step(turn):
         await episode.tools["submit"]({"table": rows})

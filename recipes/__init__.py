@@ -123,9 +123,13 @@ def _tiny() -> Profile:
                     data=replace_block(text_only, seq_len=1024),
                     optimizer=OptimizerConfig(name="muonclip", lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4),
                     rl=replace_block(rl, pool_size=24, toggle=True, toggle_m=2, grm_weight=0.3)),
-        "parl": _spec(name, "parl", model, nproc, train=replace_block(llm_only, steps=8), data=text_only,
+        # PARL on widesearch_local: 2K-token orchestrator contexts (pages come back as tool
+        # results), 64 tokens a turn (a tool call with its JSON arguments), the frozen RL
+        # checkpoint as sub-agents, the tiny budgets of PARLConfig.
+        "parl": _spec(name, "parl", model, nproc, train=replace_block(llm_only, steps=8),
+                      data=replace_block(text_only, seq_len=2048),
                       optimizer=OptimizerConfig(name="muonclip", lr=2e-4, warmup_steps=0), checkpoint=CheckpointConfig(every=4),
-                      rl=replace_block(rl, max_new_tokens=8), parl=PARLConfig()),
+                      rl=replace_block(rl, max_new_tokens=64), parl=PARLConfig()),
     }
     # greedy (avg@1 is then exact), short answers, a handful of examples per suite
     evaluation = EvalConfig(limit=8, agent_limit=12, temperature=0.0, top_p=1.0, max_new_tokens=48, samples_per_suite="",

@@ -279,16 +279,46 @@ class GRMConfig(Block):
 
 
 class PARLConfig(Block):
-    swarm_subtasks: int = Field(4, gt=0)
-    """Independent problems per wide-search task."""
-    critical_step_budget: int = Field(4, gt=0)
-    """Episode budget in critical steps."""
+    """The Agent Swarm's budgets and PARL's reward (RECIPE.md §7; agents/swarm.py). The tiny
+    defaults make a serial plan unable to finish 4+ countries (2n + 1 > budget) while a fan-out
+    can, without any prompt asking for parallelism."""
+    budget: int = Field(8, gt=0)
+    """Critical steps per episode: sum over stages of (main steps + the longest sub-agent)."""
+    main_steps: int = Field(6, gt=0)
+    """Orchestrator turns per episode."""
+    sub_steps: int = Field(4, gt=0)
+    """Turns of one sub-agent."""
+    max_concurrent: int = Field(8, gt=0)
+    """Sub-agents one stage may launch."""
+    message_tokens: int = Field(96, gt=0)
+    """A sub-agent's answer reaching the orchestrator is cut to this many words."""
+    parallel_target: int = Field(4, gt=0)
+    """r_parallel = min(1, valid sub-agents / this) [not stated]."""
     lambda_parallel: float = Field(0.5, ge=0)
-    """Initial lambda1 of r_parallel, annealed linearly to 0 [not stated]."""
+    """Initial lambda1 of r_parallel [not stated]."""
     lambda_finish: float = Field(0.5, ge=0)
-    """Initial lambda2 of r_finish, annealed linearly to 0 [not stated]."""
-    eval_examples: int = Field(16, gt=0)
-    """Tasks of the before/after swarm evaluation."""
+    """Initial lambda2 of r_finish [not stated]."""
+    anneal_fraction: float = Field(0.5, gt=0, le=1)
+    """Both lambdas fall linearly to 0 over this fraction of the steps, then r_perf alone [not stated]."""
+    subagents: Literal["model", "scripted"] = "model"
+    """model: the frozen upstream (RL) checkpoint; scripted: a deterministic search-then-open
+    policy over the same tools (the curriculum's small sub-agent, labelled as such)."""
+    scripted_error_rate: float = Field(0.1, ge=0, le=1)
+    """Share of cells a scripted sub-agent gets wrong."""
+    entities_min: int = Field(2, gt=0)
+    """Countries per wide task, at least."""
+    entities_max: int = Field(6, gt=0)
+    """Countries per wide task, at most."""
+    attributes_max: int = Field(2, gt=0)
+    """Attributes per wide task, at most."""
+    deep_share: float = Field(0.25, ge=0, le=1)
+    """Share of two-hop tasks (the neighbour of X with the largest area)."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.entities_min > self.entities_max:
+            raise ValueError(f"entities_min={self.entities_min} > entities_max={self.entities_max}")
+        return self
 
 
 class StageInputs(Block):
