@@ -94,10 +94,10 @@ class Reporter:
     def curves_png(self) -> bytes | None:
         """A PNG of the stage's curves, logged to MLflow: the total and per-modality losses (and
         any other `loss_*`) on the left, the realised vision token share and the stage's reward
-        (RL, PARL) on the right when they were logged."""
+        (RL, PARL; for PARL also sub-agents per episode and item-F1) on the right when they were logged."""
         losses = {k: v for k, v in self.history.items() if k == "loss" or k.startswith("loss_")}
         others = {k: v for k, v in self.history.items()
-                  if k.startswith(("vision_token_ratio", "reward/")) or k == "reward_mean"}
+                  if k.startswith(("vision_token_ratio", "reward/")) or k in ("reward_mean", "swarm_subagents", "swarm_r_perf")}
         if not self.active or not losses:
             return None
         import matplotlib

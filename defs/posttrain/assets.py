@@ -21,15 +21,18 @@ MuonClip; tasks by ability (reasoning, knowledge, perception, instruction follow
 with text and image prompts, scored by the shared rewards; Toggle (Eq. 2) with budgets estimated
 once; with rl.grm_weight > 0 the grm judge's score joins the reward where the verifier passes.
 Writes the reward-1 vision trajectories for rft_data.""",
-    "parl": """PARL for the Agent Swarm (RECIPE.md §7): the orchestrator learns how many frozen
-sub-agents to launch on wide-search bundles, rewarded by lambda1*r_parallel + lambda2*r_finish +
-r_perf with annealed lambdas, under a critical-steps budget.""",
+    "parl": """PARL for the Agent Swarm (RECIPE.md §7) on widesearch_local (country pages from
+countryinfo, KJV distractors): the orchestrator searches, opens pages, creates sub-agents and
+assigns them tasks that run concurrently; sub-agents are the frozen RL checkpoint (or scripted,
+labelled so). Episodes are measured in critical steps from the execution graph under a budget;
+reward lambda1*r_parallel + lambda2*r_finish + item-F1 with annealed lambdas, on orchestrator
+tokens only.""",
 }
 
 CODE_VERSIONS = {"sft": "sft-v2",  # v2: tool calls, multi-turn packing, sft_tool_data
                  "grm": "grm-v1",
                  "rl": "rl-v3",  # v3: the GRM term
-                 "parl": "parl-v2"}  # v2: Eq. 1 exactly, engine rollouts, domains, Toggle
+                 "parl": "parl-v3"}  # v3: the tool-using swarm on widesearch_local
 
 
 def _judge_parses(md: dict, spec: StageSpec) -> tuple[bool, dict]:

@@ -130,3 +130,47 @@ def test_the_scripted_reading_recovers_every_fact_of_every_page(corpus):
         page = next(p for p in corpus.pages.values() if p.title == name)
         for attr, value in facts.items():
             assert cell_matches(page_value(page.text, name, attr), _cell(value)), (name, attr)
+
+
+class ReplayEngine:
+    """A test double for BatchingEngine: replays fixed assistant turns (the orchestrator's
+    recorded calls) so the episode's bookkeeping can be checked without a trained model."""
+
+    def __init__(self, turns: list[list[int]]):
+        self.turns, self.version = list(turns), 0
+
+    async def generate(self, request):
+        from agents.engine import TokenOutput
+
+        ids = self.turns.pop(0)
+        return TokenOutput(ids, [-0.5] * len(ids), "stop", 0, None, "")
+
+    def release(self, session):
+        pass
+
+
+def test_only_orchestrator_tokens_carry_loss_on_a_recorded_episode(corpus, vocab):
+    from agents.chat import assistant_body
+    from agents.loop import LoopLimits, run_agent
+    from training.policy import policy_batch
+
+    task = wide_task(corpus, 0, 1, ("capital",), "train", random.Random(1))
+    country = task.entities[0]
+    turns = [{"content": "", "tool_calls": [{"name": "create_subagent", "arguments": {"name": "a", "system_prompt": "s"}}]},
+             {"content": "", "tool_calls": [{"name": "assign_task",
+                                             "arguments": {"agent": "a", "prompt": f"Find the capital of {country}."}}]},
+             {"content": "", "tool_calls": [{"name": "submit", "arguments": {"table": [[country, "?"]]}}]}]
+    replay = [assistant_body(t, vocab, k)[:-1] for k, t in enumerate(turns)]  # each ends at its call's end token
+    episode = SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus), count_tokens=lambda s: len(vocab.encode(s)))
+    result = asyncio.run(run_agent(ReplayEngine(replay), vocab, episode, task, LoopLimits(max_turns=6),
+                                   on_turn=episode.on_turn))
+    assert result.finish == "budget" and episode.submitted == [[country, "?"]]  # submit ends the episode
+    assert episode.graph.critical_steps() == 1 + (1 + 3) + 1  # create; assign + the sub-agent's 3 steps; submit
+    assert episode.assignments[0].finished and country in episode.assignments[0].message
+    trained = [t for s in result.trajectory.segments if s.loss_mask for t in s.ids]
+    assert trained == [t for ids in replay for t in ids]  # exactly the orchestrator's own tokens
+    answer = episode.assignments[0].message
+    context = [s for s in result.trajectory.segments if not s.loss_mask]
+    assert answer in vocab.decode([t for s in context for t in s.ids])  # the sub-agent's answer: context only
+    batch = policy_batch([result.trajectory], [1.0], [0], vocab.pad, 1.0)
+    assert int(batch.mask.sum()) == len(trained)
