@@ -14,12 +14,14 @@ rebuilt and re-executed) and `tool_data.json` (counts, keep rates, the digest of
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
 from dataclasses import dataclass
 
 from agents.envs.image_tasks import SFT_FAMILIES, boxed, is_correct, make_task
 from agents.envs.teachers import answer_from_output, n_variants, teacher
+from agents.envs.widesearch import score_table
 from agents.kernel import Kernel
 from infra import storage
 from infra.progress import Log, track
@@ -36,6 +38,37 @@ class ToolDataConfig:
     pot_traces: int = 200  # kept program-of-thought GSM8K traces wanted
     seed: int = 0
     families: tuple[str, ...] = SFT_FAMILIES
+    search_traces: int = 120  # kept widesearch_local traces wanted (agents/swarm.py's scripted plans)
+    delegation_share: float = 0.2  # of them, plans that delegate with a random fan-out [POSTTRAIN.md §5]
+
+
+def search_task(index: int, seed: int):
+    """The index-th wide widesearch_local training task of the SFT traces (2-6 countries, 1-2 attributes)."""
+    import random
+
+    from agents.envs.widesearch import attribute_sets, build_corpus, wide_task
+
+    rng = random.Random(f"search-sft:{seed}:{index}")
+    return wide_task(build_corpus(), index, rng.randint(2, 6), attribute_sets("train", rng.randint(1, 2), rng), "train", rng)
+
+
+def search_trace(index: int, seed: int, fan_out: int) -> tuple[list[dict], list[str], bool]:
+    """An executed widesearch_local trace: the scripted plan (serial for fan_out = 0, else that
+    many scripted sub-agents) run through the swarm episode with budgets wide enough to finish;
+    kept when the submitted table is exactly right. The orchestrator's calls are the trace's
+    assistant turns; sub-agents' answers are tool results."""
+    import asyncio
+
+    from agents.envs.widesearch import build_corpus
+    from agents.swarm import ScriptedSubAgents, SwarmEpisode, SwarmLimits, scripted_orchestrator
+
+    corpus, task = build_corpus(), search_task(index, seed)
+    n = len(task.entities)
+    episode = SwarmEpisode(corpus, SwarmLimits(main_steps=2 * n + 2, sub_steps=2 * n + 1, budget=10 * n),
+                           ScriptedSubAgents(corpus))
+    messages = asyncio.run(scripted_orchestrator(episode, task, fan_out))
+    outputs = [m["content"] for m in messages if m["role"] == "tool"]
+    return messages, outputs, score_table(episode.submitted, task).success
 
 
 def user_message(task, with_description: bool = True) -> str:
@@ -140,6 +173,25 @@ def build_tool_data(out_uri: str, gsm8k_train: list[dict], cfg: ToolDataConfig =
                     rows.append({"id": f"gsm8k-train-{i}", "source": "pot", "family": "pot", "variant": 0,
                                  "task": {"gsm8k_index": i}, "messages": messages, "outputs": outputs})
                     break
+        rng = random.Random(f"search-fan-out:{cfg.seed}")
+        index = 0
+        for _ in track(range(cfg.search_traces), "sft_tool_data: widesearch_local traces", cfg.search_traces, log,
+                       unit="trace"):
+            while True:
+                fan_out = rng.randint(1, 6) if rng.random() < cfg.delegation_share else 0
+                messages, outputs, ok = search_trace(index, cfg.seed, fan_out)
+                family = "delegate" if fan_out else "serial"
+                tried[f"search_{family}"] += 1
+                index += 1
+                if ok:
+                    kept[f"search_{family}"] += 1
+                    rows.append({"id": f"widesearch-train-{index - 1}", "source": "search", "family": family,
+                                 "variant": fan_out, "task": {"index": index - 1, "seed": cfg.seed},
+                                 "messages": messages, "outputs": outputs})
+                    break
+                if index > 3 * cfg.search_traces + 50:
+                    raise RuntimeError(f"widesearch_local: only {sum(kept[k] for k in kept if k.startswith('search'))} "
+                                       f"of {index} scripted traces succeeded; the corpus or the plans are broken")
     finally:
         if own:
             kernel.close()
@@ -162,7 +214,10 @@ def read_tool_data(uri: str) -> tuple[dict, list[dict]]:
 
 
 def reexecute(kernel: Kernel, row: dict) -> list[str]:
-    """Run a stored trace's cells again, in a fresh session with the task rebuilt from its recipe."""
+    """Run a stored trace's cells again, in a fresh session with the task rebuilt from its recipe
+    (a widesearch_local trace: its plan again, over the same corpus)."""
+    if row["source"] == "search":
+        return search_trace(row["task"]["index"], row["task"]["seed"], row["variant"])[1]
     cells = [c["arguments"]["code"] for m in row["messages"] if m["role"] == "assistant" for c in m.get("tool_calls", ())]
     with kernel.open_session() as session:
         if row["source"] == "image":
@@ -178,6 +233,11 @@ def gold_leaks(row: dict) -> list[str]:
     The image description ("`img` is a 64x64x3 uint8 RGB array ...") is the same for every task
     of a size and says nothing about the answer; it is left out of the search, or every count of 3
     or area of 64 would be flagged."""
+    if row.get("source") == "search":  # the submitted cells, other than the country names the question lists
+        submit = row["messages"][-2]["tool_calls"][0]["arguments"]["table"]
+        values = [str(c) for r in submit for c in r[1:] if str(c).strip()]
+        question = next(m["content"] for m in row["messages"] if m["role"] == "user")
+        return [v for v in values if re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", question)]
     final = boxed(row["messages"][-1]["content"])
     if final is None:
         return ["no final answer"]

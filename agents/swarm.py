@@ -147,7 +147,7 @@ class ScriptedSubAgents:
     async def run(self, system_prompt: str, prompt: str, cap: int, on_step) -> tuple[str, bool]:
         env = SubAgentEnv(self.corpus, system_prompt)
         countries = mentioned_countries(prompt, self.corpus)
-        attributes = [a for a in PAGE_PATTERNS if a.replace("_", " ") in prompt.lower()]
+        attributes = asked_attributes(prompt)
         if 2 * len(countries) + 1 > cap:  # it works its whole cap and does not get to answer
             for _ in range(cap):
                 await self._step(on_step)
@@ -187,6 +187,16 @@ def page_value(text: str, country: str, attribute: str) -> str:
     end = rf"\.(?= (?:The |This |Geographers |People |{c} )|$)"
     m = re.search(PAGE_PATTERNS[attribute].format(c=c, end=end), text)
     return m.group(1).replace(",", "") if attribute in ("population", "area") and m else (m.group(1) if m else "")
+
+
+def asked_attributes(text: str) -> list[str]:
+    """The attributes a prompt asks for, in the order it names them ("region" is not "subregion")."""
+    found = []
+    for a in PAGE_PATTERNS:
+        m = re.search(rf"(?<![a-z]){a.replace('_', ' ')}(?![a-z])", text.lower())
+        if m:
+            found.append((m.start(), a))
+    return [a for _, a in sorted(found)]
 
 
 def mentioned_countries(text: str, corpus: Corpus) -> list[str]:
@@ -318,43 +328,51 @@ def annealed(initial: float, step: int, total_steps: int, anneal_fraction: float
 # ---- scripted orchestrators (the oracle arms)
 
 async def scripted_orchestrator(episode: SwarmEpisode, task: WideSearchTask, fan_out: int,
-                                pace: Callable[[], Awaitable[None]] | None = None) -> None:
-    """SCRIPTED: fan_out = 0 is the serial plan (search then open each country itself, then
-    submit); fan_out = k deals the countries to k sub-agents in one stage, then submits their
-    lines as the table. Runs through the episode's own tools and budget; `pace` is awaited once
-    per main step, like ScriptedSubAgents.pace."""
-    episode.reset(task)
-    turn = 0
+                                pace: Callable[[], Awaitable[None]] | None = None) -> list[dict]:
+    """SCRIPTED: fan_out = 0 is the serial plan (search then open each country itself, one call a
+    turn, then submit); fan_out = k creates k sub-agents and deals them the countries in one
+    turn, then submits their lines as the table. Runs through the episode's own tools and
+    budget (a wide task's plan); `pace` is awaited once per main step, like
+    ScriptedSubAgents.pace. Returns the transcript: the episode's messages, then one assistant
+    message per turn (its tool calls) and the tool results, as SFT conversations hold them."""
+    messages, _ = episode.reset(task)
+    transcript = list(messages)
 
-    async def step(t: int) -> bool:
-        if not episode.on_turn(t):
-            return False
+    async def turn(calls: list[tuple[str, dict]]) -> list[ToolResult] | None:
+        if not episode.on_turn(len([m for m in transcript if m["role"] == "assistant"])):
+            return None
         if pace is not None:
             await pace()
-        return True
+        first = sum(len(m.get("tool_calls", ())) for m in transcript)
+        transcript.append({"role": "assistant", "content": "",
+                           "tool_calls": [{"name": n, "arguments": a} for n, a in calls]})
+        results = await asyncio.gather(*(episode.tools[n](a) for n, a in calls))
+        transcript.extend({"role": "tool", "name": n, "call_index": first + i, "content": r.text}
+                          for i, ((n, _), r) in enumerate(zip(calls, results)))
+        return list(results)
+
     if fan_out == 0:
         pages = {}
         for country in task.entities:
-            for call in ("search", "open"):
-                if not await step(turn):
-                    return
-                turn += 1
-                if call == "search":
-                    found = await episode.tools["search"]({"queries": [country]})
-                    doc = re.search(rf"^- (\S+) \| {re.escape(country)} \|", found.text, re.M)
-                else:
-                    pages[country] = (await episode.tools["open"]({"doc_id": doc.group(1)})).text if doc else ""
+            found = await turn([("search", {"queries": [country]})])
+            if found is None:
+                return transcript
+            doc = re.search(rf"^- (\S+) \| {re.escape(country)} \|", found[0].text, re.M)
+            opened = await turn([("open", {"doc_id": doc.group(1) if doc else ""})])
+            if opened is None:
+                return transcript
+            pages[country] = opened[0].text
         rows = [[c, *(page_value(pages[c], c, a) for a in task.columns[1:])] for c in task.entities]
     else:
-        if not await step(turn):
-            return
-        turn += 1
         shares = [task.entities[i::fan_out] for i in range(min(fan_out, len(task.entities)))]
         asks = " and ".join(a.replace("_", " ") for a in task.columns[1:])
-        for i in range(len(shares)):
-            await episode.tools["create_subagent"]({"name": f"agent{i}", "system_prompt": SUB_SYSTEM})
-        replies = await asyncio.gather(*(episode.tools["assign_task"](
-            {"agent": f"agent{i}", "prompt": f"Find the {asks} of: {', '.join(share)}."}) for i, share in enumerate(shares)))
-        rows = [[cell.strip() for cell in line.split("|")] for r in replies for line in r.text.splitlines()[1:] if "|" in line]
-    if await step(turn):
-        await episode.tools["submit"]({"table": rows})
+        calls = [("create_subagent", {"name": f"agent{i}", "system_prompt": SUB_SYSTEM}) for i in range(len(shares))]
+        calls += [("assign_task", {"agent": f"agent{i}", "prompt": f"Find the {asks} of: {', '.join(share)}."})
+                  for i, share in enumerate(shares)]
+        replies = await turn(calls)
+        if replies is None:
+            return transcript
+        rows = [[cell.strip() for cell in line.split("|")] for r in replies[len(shares):]
+                for line in r.text.splitlines()[1:] if "|" in line]
+    await turn([("submit", {"table": rows})])
+    return transcript

@@ -5,10 +5,10 @@ assistant turns (tool calls included) only.
     torchrun --nproc-per-node 2 -m training.sft --profile tiny --mixture <mixture.json> \
         --run-dir <uri> --init-from <midtrain checkpoint> [--tool-data <sft_tool_data folder>]
 
-Rows are drawn from three sources in the shares of `sft.*_share`: the executed IPython image
-traces and program-of-thought GSM8K traces of `sft_tool_data` (images appear only as text: the
-pixels stayed in the kernel), and plain GSM8K chat. No media token reaches the model, so the
-vision encoder sees no data here (zero-vision).
+Rows are drawn from four sources in the shares of `sft.*_share`: the executed IPython image
+traces, program-of-thought GSM8K traces and widesearch_local search traces of `sft_tool_data`
+(images appear only as text: the pixels stayed in the kernel), and plain GSM8K chat. No media
+token reaches the model, so the vision encoder sees no data here (zero-vision).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def sft_sources(spec, data_root: str) -> dict[str, list[list[dict]]]:
             fail(f"sft tool data: {e}")
         sources["tool"] = [r["messages"] for r in rows if r["source"] == "image"]
         sources["pot"] = [r["messages"] for r in rows if r["source"] == "pot"]
+        sources["search"] = [r["messages"] for r in rows if r["source"] == "search"]
     return sources
 
 

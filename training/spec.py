@@ -176,15 +176,18 @@ class SFTConfig(Block):
     """Share drawn from the executed program-of-thought GSM8K traces [not stated]."""
     chat_share: float = Field(0.2, ge=0)
     """Share drawn from the plain GSM8K chat conversations [not stated]."""
+    search_share: float = Field(0.2, ge=0)
+    """Share drawn from the executed widesearch_local traces of sft_tool_data (serial search, and
+    a minority that delegates with a random fan-out: PARL learns when to delegate) [not stated]."""
 
     @model_validator(mode="after")
     def _check_shares(self):
-        if self.tool_share + self.pot_share + self.chat_share <= 0:
+        if self.tool_share + self.pot_share + self.chat_share + self.search_share <= 0:
             raise ValueError("sft shares must not all be 0")
         return self
 
     def shares(self) -> dict[str, float]:
-        return {"tool": self.tool_share, "pot": self.pot_share, "chat": self.chat_share}
+        return {"tool": self.tool_share, "pot": self.pot_share, "chat": self.chat_share, "search": self.search_share}
 
 
 class RLConfig(Block):

@@ -8,8 +8,9 @@ from training.spec import STAGES, StageSpec
 
 DESCRIPTIONS = {
     "sft": """Zero-vision SFT (RECIPE.md §5): text-only multi-turn SFT on executed IPython traces
-(sft_tool_data: image tasks whose pixels stay in the kernel, program-of-thought GSM8K) and GSM8K
-chat, loss on assistant turns and tool calls only; the vision encoder is frozen and sees no data.""",
+(sft_tool_data: image tasks whose pixels stay in the kernel, program-of-thought GSM8K,
+widesearch_local search and delegation traces) and GSM8K chat, loss on assistant turns and tool
+calls only; the vision encoder is frozen and sees no data.""",
     "grm": """The generative reward model (RECIPE.md §6.2): a judge SFT'd from the SFT checkpoint on
 (rubric, prompt, response, verdict), the verdicts from hidden programmatic checkers (instruction
 constraints, initial praise, self-justification, answer correctness), the responses constructed
@@ -29,7 +30,7 @@ reward lambda1*r_parallel + lambda2*r_finish + item-F1 with annealed lambdas, on
 tokens only.""",
 }
 
-CODE_VERSIONS = {"sft": "sft-v2",  # v2: tool calls, multi-turn packing, sft_tool_data
+CODE_VERSIONS = {"sft": "sft-v3",  # v3: widesearch_local search traces
                  "grm": "grm-v1",
                  "rl": "rl-v3",  # v3: the GRM term
                  "parl": "parl-v3"}  # v3: the tool-using swarm on widesearch_local

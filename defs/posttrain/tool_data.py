@@ -18,6 +18,11 @@ class ToolDataRunConfig(dg.Config):
     """Kept traces wanted per image family (count, size, maze, pie, locate; diff is held out)."""
     pot_traces: int = 200
     """Kept program-of-thought GSM8K traces wanted."""
+    search_traces: int = 120
+    """Kept widesearch_local traces wanted (scripted serial plans and, for delegation_share of
+    them, plans that delegate to scripted sub-agents with a random fan-out)."""
+    delegation_share: float = 0.2
+    """Share of the widesearch_local traces that delegate."""
     seed: int = 0
     """Which tasks are built (every task is a pure function of family, split, index and seed)."""
     reexecute_share: float = 0.05
@@ -26,15 +31,17 @@ class ToolDataRunConfig(dg.Config):
     """The traces_per_family check fails below this."""
 
 
-@dg.asset(group_name="posttrain", code_version="tool-data-v1", kinds={"python"},
+@dg.asset(group_name="posttrain", code_version="tool-data-v2", kinds={"python"},
           check_specs=check_specs("sft_tool_data", CHECKS))
 def sft_tool_data(context: dg.AssetExecutionContext, config: ToolDataRunConfig, artifacts: ArtifactStore,
                   mlflow: MlflowTracking) -> dg.MaterializeResult:
     """Zero-vision SFT traces: image tasks built from real photos (count, size, maze, pie, locate),
     each solved by a teacher program variant that really runs in the sandboxed IPython kernel (its
     real output is the tool message; kept only when the answer equals the construction's ground
-    truth), plus GSM8K program-of-thought traces checked against gold. The image reaches the
-    model only as text. Needs root (the kernel's sandbox)."""
+    truth), plus GSM8K program-of-thought traces checked against gold, plus widesearch_local
+    search traces (scripted serial plans, a minority delegating to scripted sub-agents with a
+    random fan-out; kept when the submitted table is exactly right). The image reaches the model
+    only as text. Needs root (the kernel's sandbox)."""
     from agents.kernel import Kernel
     from agents.sandbox import SandboxUnavailable
     from agents.sft_data import ToolDataConfig, build_tool_data, gold_leaks, read_tool_data, reexecute
@@ -49,7 +56,9 @@ def sft_tool_data(context: dg.AssetExecutionContext, config: ToolDataRunConfig, 
             raise dg.Failure(description=f"sft_tool_data executes every trace in the sandboxed kernel: {e}") from e
         with kernel:
             manifest = build_tool_data(out, gsm8k, ToolDataConfig(config.traces_per_family, config.pot_traces,
-                                                                  config.seed), log=context.log.info)
+                                                                  config.seed, search_traces=config.search_traces,
+                                                                  delegation_share=config.delegation_share),
+                                       log=context.log.info)
             _, rows = read_tool_data(out)
             sample = random.Random(config.seed).sample(rows, max(1, round(config.reexecute_share * len(rows))))
             differ = [r["id"] for r in sample if reexecute(kernel, r) != r["outputs"]]

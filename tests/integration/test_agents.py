@@ -146,8 +146,12 @@ def test_sft_tool_data_builder_executes_filters_and_reproduces(kernel, tmp_path)
     from training.data import gsm8k_path, read_jsonl
 
     gsm8k = read_jsonl(gsm8k_path(str(DATA_ROOT), "train"))[:200]
-    manifest = build_tool_data(str(tmp_path), gsm8k, ToolDataConfig(traces_per_family=6, pot_traces=6), kernel=kernel)
-    assert manifest["kept"] == {f: 6 for f in ("count", "size", "maze", "pie", "locate", "pot")}
+    manifest = build_tool_data(str(tmp_path), gsm8k, ToolDataConfig(traces_per_family=6, pot_traces=6, search_traces=10,
+                                                                     delegation_share=0.5), kernel=kernel)
+    kept = manifest["kept"]
+    assert {f: kept[f] for f in ("count", "size", "maze", "pie", "locate", "pot")} == dict.fromkeys(
+        ("count", "size", "maze", "pie", "locate", "pot"), 6)
+    assert kept["search_serial"] + kept["search_delegate"] == 10 and kept["search_delegate"] > 0
     assert "diff" not in manifest["tried"]  # held out of SFT entirely
     _, rows = read_tool_data(str(tmp_path))
     for row in rows:

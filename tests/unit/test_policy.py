@@ -18,7 +18,6 @@ from agents.trajectory import Trajectory
 from model.config import model_preset
 from model.multimodal import K25Model
 from model.vision import vision_token_count
-from training.parl import critical_steps, parse_agent_count
 from training.policy import (
     PolicyBatch,
     group_advantages,
@@ -248,15 +247,3 @@ def test_engine_and_trainer_logprobs_agree_on_a_recorded_multiturn_trajectory():
     loss = k25_policy_loss(logp, pair.logp_old, adv, weights, 0.5, 2.0, 0.1, count)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-
-
-# ---- PARL arithmetic
-
-@pytest.mark.parametrize("subtasks,agents,expected", [(4, 1, (6, 4)), (4, 2, (4, 2)), (4, 4, (3, 1)), (5, 2, (5, 3))])
-def test_critical_steps(subtasks, agents, expected):
-    assert critical_steps(subtasks, agents) == expected
-
-
-@pytest.mark.parametrize("text,expected", [("3", 3), ("I will use 2 agents", 2), ("0", 1), ("99", 4), ("none", 1)])
-def test_parse_agent_count(text, expected):
-    assert parse_agent_count(text, 4) == expected

@@ -174,3 +174,23 @@ def test_only_orchestrator_tokens_carry_loss_on_a_recorded_episode(corpus, vocab
     assert answer in vocab.decode([t for s in context for t in s.ids])  # the sub-agent's answer: context only
     batch = policy_batch([result.trajectory], [1.0], [0], vocab.pad, 1.0)
     assert int(batch.mask.sum()) == len(trained)
+
+
+def test_search_sft_traces_are_executed_plans_whose_tables_are_right(vocab):
+    from agents.sft_data import gold_leaks, search_task, search_trace
+    from training.data import encode_conversation
+
+    for index, fan_out in ((0, 0), (1, 2), (2, 5)):
+        messages, outputs, ok = search_trace(index, 0, fan_out)
+        assert ok and outputs == [m["content"] for m in messages if m["role"] == "tool"]
+        calls = [c["name"] for m in messages if m["role"] == "assistant" for c in m["tool_calls"]]
+        assert calls[-1] == "submit" and ("assign_task" in calls) == bool(fan_out)
+        assert search_trace(index, 0, fan_out)[1] == outputs  # re-running the plan reproduces it
+        assert gold_leaks({"source": "search", "messages": messages}) == []
+        assert messages[1]["content"] == search_task(index, 0).question
+        ids, labels = encode_conversation(messages, vocab)  # SFT trains on the calls, not on tool results
+        trained = vocab.decode([t for t, y in zip(ids, labels) if y != -100])
+        assert "submit" in trained and outputs[0][:20] not in trained
+    bad = search_trace(0, 0, 0)[0]
+    bad[-2]["tool_calls"][0]["arguments"]["table"][0][1] = bad[1]["content"].split()[5]  # a word of the question
+    assert gold_leaks({"source": "search", "messages": bad})
