@@ -10,6 +10,14 @@ and the same checkpoint:
 Reported: tool-call well-formedness, the share of cells that ran without error, accuracy per
 family and arm, the tool's gain over the no-tool arm in points, and the tool-call rate of the
 media arm relative to the text arm (`probe_ratio`).
+
+`widesearch_local`: held-out wide and deep tasks (test-split countries, the held-out attribute
+pairs; agents/envs/widesearch.py) answered by the same checkpoint in two arms at the same
+critical-step budget: `single` (search, open, find, submit; no delegation tools) and `swarm`
+(also create_subagent and assign_task, sub-agents being a frozen copy of the same checkpoint).
+Reported per arm: item-F1 (the suite's accuracy is the swarm arm's), success, critical steps
+and sub-agents per task. The Discard-all context-management baseline of RECIPE.md §7.4 is not
+built yet.
 """
 
 from __future__ import annotations
@@ -20,11 +28,16 @@ import math
 from agents.engine import BatchingEngine
 from agents.envs.image_tasks import FAMILIES, ImageTask, make_task
 from agents.envs.ipython import ARMS, IPythonImageEnv
+from agents.envs.widesearch import WideSearchTask, build_corpus, build_tasks
 from agents.kernel import Kernel
 from agents.loop import LoopLimits, run_agent
+from agents.swarm import ModelSubAgents, SwarmEpisode, SwarmLimits
 from model.tokens import Vocab
 
-AGENT_SUITES = ("ipython_tools",)
+WIDESEARCH_ARMS = ("single", "swarm")
+PRIMARY_ARM = {"ipython_tools": "tool", "widesearch_local": "swarm"}  # the arm a suite's accuracy is
+
+
 def ipython_tasks(limit: int, seed: int) -> list[ImageTask]:
     """Held-out tasks, the same number per family (limit 0: 24 per family)."""
     per_family = max(1, math.ceil(limit / len(FAMILIES))) if limit else 24
@@ -100,4 +113,52 @@ def summarize_ipython_tools(records: list[dict]) -> dict[str, float]:
         out["ipython_tools/media_tool_call_rate"] = media_rate
         text_rate = out["ipython_tools/tool_call_rate"]
         out["ipython_tools/probe_ratio"] = media_rate / text_rate if text_rate else 0.0
+    return out
+
+
+# ---- widesearch_local
+
+def widesearch_tasks(limit: int, seed: int) -> list[WideSearchTask]:
+    """Held-out tasks (limit 0: 48): test countries, 2-8 of them, 1-3 attributes, a quarter deep."""
+    return build_tasks(build_corpus(), limit or 48, "test", seed, n_range=(2, 8), c_range=(1, 3))
+
+
+def eval_widesearch(model, vocab: Vocab, tasks: list[WideSearchTask], cfg, limits: SwarmLimits = SwarmLimits()) -> list[dict]:
+    """Records of every (task, arm): the checkpoint as a single agent and as a swarm whose
+    sub-agents are the same weights (frozen here: evaluation never trains)."""
+    corpus = build_corpus()
+    max_len = min(model.cfg.max_seq_len, 2048)
+    engine = BatchingEngine(model, slots=min(32, max(1, len(tasks))), max_len=max_len, decode=vocab.decode)
+    sub_engine = BatchingEngine(model, slots=min(64, max(1, len(tasks) * limits.max_concurrent)), max_len=max_len,
+                                decode=vocab.decode)
+    loop = LoopLimits(max_turns=limits.main_steps, max_new_tokens=cfg.swarm_max_new_tokens, temperature=cfg.temperature,
+                      top_p=cfg.top_p, seed=cfg.seed)
+
+    async def one(task: WideSearchTask, arm: str) -> dict:
+        subagents = ModelSubAgents(sub_engine, vocab, corpus, cfg.swarm_max_new_tokens, cfg.temperature, cfg.seed)
+        episode = SwarmEpisode(corpus, limits, subagents, delegate=arm == "swarm",
+                               count_tokens=lambda text: len(vocab.encode(text)))
+        result = await run_agent(engine, vocab, episode, task, loop, on_turn=episode.on_turn)
+        r = episode.rewards(0.0, 0.0)
+        return {"suite": "widesearch_local", "id": f"{task.id}:{arm}", "sample": 0, "arm": arm, "family": task.kind,
+                "prompt": task.question, "output": "\n---\n".join(t.content for t in result.turns),
+                "extracted": str(episode.submitted), "reference": str(task.gold), "score": r["r_perf"],
+                "success": r["success"], "critical_steps": r["critical_steps"], "subagents": r["subagents"],
+                "prompt_tokens": 0, "output_tokens": result.trajectory.model_tokens(), "calls": len(result.calls),
+                "well_formed_calls": sum(c.ok for c in result.calls), "finish": result.finish}
+
+    async def run() -> list[dict]:
+        return list(await asyncio.gather(*(one(t, arm) for arm in WIDESEARCH_ARMS for t in tasks)))
+    return asyncio.run(run())
+
+
+def summarize_widesearch(records: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for arm in WIDESEARCH_ARMS:
+        rows = [r for r in records if r["arm"] == arm]
+        if not rows:
+            continue
+        for key, name in (("score", "item_f1"), ("success", "success"), ("critical_steps", "critical_steps"),
+                          ("subagents", "subagents")):
+            out[f"widesearch_local/{arm}_{name}"] = sum(r[key] for r in rows) / len(rows)
     return out

@@ -17,7 +17,7 @@ from infra.spec import Block
 
 TEXT_SUITES = ("gsm8k", "math500", "aime24", "aime25", "amc23", "mmlu", "humaneval")
 VISION_SUITES = ("digits_caption_retrieval", "skimage_caption_retrieval", "video_clip_qa")
-AGENT_SUITES = ("ipython_tools",)
+AGENT_SUITES = ("ipython_tools", "widesearch_local")
 ALL_SUITES = TEXT_SUITES + VISION_SUITES
 
 
@@ -57,6 +57,9 @@ class EvalConfig(Block):
     about 450 tokens with the tiny tokenizer)."""
     agent_max_turns: int = Field(4, gt=0)
     """Assistant turns per agent trajectory."""
+    swarm_max_new_tokens: int = Field(96, gt=0)
+    """Tokens per assistant turn in widesearch_local (a search, open or assign call with its
+    arguments), for the orchestrator and its sub-agents alike."""
 
     def samples_for(self, suite: str) -> int:
         return parse_samples(self.samples_per_suite).get(suite, self.samples)

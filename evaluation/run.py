@@ -27,6 +27,7 @@ import torch.distributed as dist
 from agents.chat import render
 from evaluation import suites as text_suites
 from evaluation import vision_suites
+from evaluation.agent_suites import PRIMARY_ARM
 from evaluation.config import TEXT_SUITES, VISION_SUITES, EvalConfig
 from infra import storage
 from infra.refs import CheckpointRef, MissingReference, MixtureRef
@@ -162,8 +163,8 @@ def summarize(df: pd.DataFrame, cfg: EvalConfig) -> dict[str, float]:
         out[f"{suite}/accuracy"] = float(per_example.mean())
         out[f"{suite}/n"] = float(len(per_example))
         out[f"{suite}/samples"] = float(cfg.samples_for(suite) if suite in TEXT_SUITES else 1)
-        if "arm" in part and part["arm"].notna().any():  # agent suites: accuracy is the tool arm's
-            tool = part[part["arm"] == "tool"].groupby("id")["score"].mean()
+        if "arm" in part and part["arm"].notna().any():  # agent suites: accuracy is the primary arm's
+            tool = part[part["arm"] == PRIMARY_ARM[suite]].groupby("id")["score"].mean()
             out[f"{suite}/accuracy"] = float(tool.mean())
             out[f"{suite}/n"] = float(len(tool))
         if suite == "humaneval":
@@ -195,7 +196,8 @@ def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig) -> tuple[s
     rows = []
     for suite in acc:
         kind = ("vision substitute" if suite in VISION_SUITES else
-                "agent, held-out image tasks" if suite == "ipython_tools" else "benchmark")
+                "agent, held-out image tasks" if suite == "ipython_tools" else
+                "agent swarm, held-out search tasks (item-F1)" if suite == "widesearch_local" else "benchmark")
         extra = f" (pass@1 {metrics[f'{suite}/pass@1']:.4f})" if f"{suite}/pass@1" in metrics else ""
         rows.append(f"| {suite} | {kind} | {int(metrics[f'{suite}/n'])} | {int(metrics[f'{suite}/samples'])} | "
                     f"{metrics[f'{suite}/accuracy']:.4f}{extra} |")
@@ -208,6 +210,14 @@ def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig) -> tuple[s
         md += ("\nipython_tools (arms: tool = image as text + kernel; no_tool = tool disabled; media = image as "
                "media tokens, no description):\n\n| figure | value |\n|---|---|\n"
                + "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(figures.items())) + "\n")
+    if "widesearch_local/swarm_item_f1" in metrics:
+        md += ("\nwidesearch_local (same checkpoint, same critical-step budget; swarm sub-agents are frozen copies):\n\n"
+               "| arm | item-F1 | success | critical steps | sub-agents |\n|---|---|---|---|---|\n"
+               + "\n".join(f"| {arm} | {metrics.get(f'widesearch_local/{arm}_item_f1', 0):.4f} | "
+                           f"{metrics.get(f'widesearch_local/{arm}_success', 0):.4f} | "
+                           f"{metrics.get(f'widesearch_local/{arm}_critical_steps', 0):.2f} | "
+                           f"{metrics.get(f'widesearch_local/{arm}_subagents', 0):.2f} |" for arm in ("single", "swarm"))
+               + "\n")
     return md, buf.getvalue()
 
 
@@ -248,6 +258,12 @@ def main(argv=None) -> None:
         tasks = ipython_tasks(cfg.agent_limit, cfg.seed)[rank::world]
         records += eval_ipython_tools(model, vocab, tasks, cfg)
         reporter.log(f"ipython_tools: {len(tasks)} tasks x 3 arms on rank {rank}")
+    if "widesearch_local" in agent:
+        from evaluation.agent_suites import eval_widesearch, widesearch_tasks
+
+        tasks = widesearch_tasks(cfg.agent_limit, cfg.seed)[rank::world]
+        records += eval_widesearch(model, vocab, tasks, cfg)
+        reporter.log(f"widesearch_local: {len(tasks)} tasks x 2 arms (single, swarm) on rank {rank}")
     records = gather(records, world)
     if rank == 0:
         df = pd.DataFrame(records)
@@ -256,6 +272,10 @@ def main(argv=None) -> None:
             from evaluation.agent_suites import summarize_ipython_tools
 
             metrics.update(summarize_ipython_tools([r for r in records if r["suite"] == "ipython_tools"]))
+        if "widesearch_local" in agent:
+            from evaluation.agent_suites import summarize_widesearch
+
+            metrics.update(summarize_widesearch([r for r in records if r["suite"] == "widesearch_local"]))
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
         storage.write_bytes(storage.join(spec.out, "records.parquet"), buf.getvalue())

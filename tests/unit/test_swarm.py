@@ -194,3 +194,26 @@ def test_search_sft_traces_are_executed_plans_whose_tables_are_right(vocab):
     bad = search_trace(0, 0, 0)[0]
     bad[-2]["tool_calls"][0]["arguments"]["table"][0][1] = bad[1]["content"].split()[5]  # a word of the question
     assert gold_leaks({"source": "search", "messages": bad})
+
+
+def test_the_widesearch_suite_runs_both_arms_at_one_budget(vocab):
+    import torch
+
+    from evaluation.agent_suites import eval_widesearch, summarize_widesearch, widesearch_tasks
+    from evaluation.config import EvalConfig
+    from model.config import model_preset
+    from model.multimodal import K25Model
+
+    torch.manual_seed(0)
+    model = K25Model(model_preset("tiny", vocab_size=vocab.size, max_seq_len=1024), media_pad_id=vocab.media_pad).eval()
+    tasks = widesearch_tasks(3, 0)
+    held_out = set(build_corpus().countries("test"))  # a deep task's neighbours may be any country
+    assert all(set(t.entities if t.kind == "wide" else t.entities[:1]) <= held_out for t in tasks)
+    records = eval_widesearch(model, vocab, tasks, EvalConfig(swarm_max_new_tokens=16, temperature=0.0),
+                              SwarmLimits(budget=4, main_steps=3, sub_steps=2))
+    assert sorted(r["arm"] for r in records) == ["single"] * 3 + ["swarm"] * 3
+    assert all(r["critical_steps"] <= 4 for r in records)
+    assert all(r["subagents"] == 0 for r in records if r["arm"] == "single")
+    figures = summarize_widesearch(records)
+    assert set(figures) == {f"widesearch_local/{a}_{k}" for a in ("single", "swarm")
+                            for k in ("item_f1", "success", "critical_steps", "subagents")}
