@@ -64,16 +64,21 @@ def _constraint_note(text: str, c: dict) -> str:
             "uppercase": "all capitals"}[kind] + f": {ok}"
 
 
-def checker_rationale(family: str, response: str, reference) -> str:
+def checker_rationale(family: str, prompt: str, response: str, reference) -> str:
     """The hidden checker's own reasoning as one line (what the judge learns to write before its
-    score): each instruction constraint checked, the correct sum beside the stated one, whether
-    the answer opens with praise or vouches for itself."""
+    score): each instruction constraint checked, the running sum of the digits beside the stated
+    answer, whether the answer opens with praise or vouches for itself."""
     if family == "instruction":
         text = strip_reasoning(response).strip()
         return "; ".join(_constraint_note(text, c) for c in reference) + "."
     if family == "correctness":
         stated = score("math", response, str(reference)).extracted
-        return f"The sum is {reference}; the response says {stated or 'nothing'}."
+        digits = [int(d) for d in re.findall(r"\d", prompt.split(":", 1)[-1])]
+        steps, total = [], digits[0]
+        for d in digits[1:]:  # the running sum, as a small model can check it
+            steps.append(f"{total}+{d}={total + d}")
+            total += d
+        return f"{', '.join(steps)}. The sum is {reference}; the response says {stated or 'nothing'}."
     if family == "no_praise":
         return "It opens with praise." if _PRAISE_RE.search(response) else "It opens with content."
     if family == "no_self_justification":
@@ -143,7 +148,7 @@ def instruction_examples(n: int, rng: random.Random) -> list[JudgeExample]:
         if rng.random() < 0.5:
             text = violate(text, rng.choice(cons), rng)
         out.append(JudgeExample("instruction", prompt, text, hidden_check("instruction", prompt, text, cons),
-                                split_of(prompt), rationale=checker_rationale("instruction", text, cons)))
+                                split_of(prompt), rationale=checker_rationale("instruction", prompt, text, cons)))
     return out
 
 
@@ -160,7 +165,7 @@ def prescriptive_examples(family: str, n: int, rng: random.Random) -> list[Judge
         if rng.random() < 0.5:
             text = rng.choice(PRAISE) + text if family == "no_praise" else text + rng.choice(VOUCH)
         out.append(JudgeExample(family, prompt, text, hidden_check(family, prompt, text, None), split_of(prompt),
-                                rationale=checker_rationale(family, text, None)))
+                                rationale=checker_rationale(family, prompt, text, None)))
     return out
 
 
@@ -172,7 +177,7 @@ def correctness_examples(n: int, rng: random.Random) -> list[JudgeExample]:
         answer = sum(digits) + (0 if rng.random() < 0.5 else rng.choice((-2, -1, 1, 2)))
         text = f"The sum is \\boxed{{{answer}}}"
         out.append(JudgeExample("correctness", prompt, text, hidden_check("correctness", prompt, text, sum(digits)),
-                                split_of(prompt), rationale=checker_rationale("correctness", text, sum(digits))))
+                                split_of(prompt), rationale=checker_rationale("correctness", prompt, text, sum(digits))))
     return out
 
 
@@ -192,7 +197,7 @@ def policy_examples(samples: list[tuple[str, str, list[dict]]], test_share: floa
     """(prompt, policy response, constraints) triples as instruction-family examples, verdicts from
     the hidden checker: the judge also sees what the policy it will grade actually writes."""
     return [JudgeExample("instruction", p, r, hidden_check("instruction", p, r, c), split_of(p, test_share), "policy",
-                         checker_rationale("instruction", r, c)) for p, r, c in samples]
+                         checker_rationale("instruction", p, r, c)) for p, r, c in samples]
 
 
 def training_conversations(examples: list[JudgeExample], rubrics: Rubrics, seed: int,

@@ -3,8 +3,9 @@ the hidden checker is watched (the reward-hacking test).
 
     python -m benchmarks.bench_grm [--quick] [--judge-steps 1500] [--iterations 20]
 
-1. A tiny policy warmed up on instruction prompts (answers meeting every constraint about a
-   third of the time) answers `--policy-prompts` of RL's instruction prompts twice.
+1. A tiny policy warmed up as in bench_rl_learn (KJV paraphrase prompts asking for the ending
+   "Amen." and at least 4 words; warm-up answers end with it a quarter of the time) answers
+   `--policy-prompts` such prompts twice.
 2. Judge data (agents/grm_data.py): (rubric, prompt, response, verdict) for four families, the
    verdict from a hidden programmatic checker, constructed responses plus the policy's answers;
    prompts split train/test by hash, and the `no_self_justification` family held out of training
@@ -13,9 +14,10 @@ the hidden checker is watched (the reward-hacking test).
 3. Judge accuracy on held-out prompts (also on the policy's answers alone) through LocalJudge
    (the engine, greedy), verdict = score >= 0.5, against the hidden checker; parse failures
    through ParseLedger (the strict contract); agreement between two rubric variants.
-4. GRM-driven RL: the policy of step 1 trains with reward = the judge's score under a sampled
-   `instruction` rubric variant (no verifier in the reward), while the hidden instruction checker
-   is logged beside it every iteration.
+4. GRM-driven RL on those prompts: the policy of step 1 trains with reward = the judge's score
+   under a sampled `instruction` rubric variant (no verifier in the reward), while the hidden
+   instruction checker is logged beside it every iteration (with the checker itself as the
+   reward, bench_rl_learn gains +0.43..+0.60 on this task).
 Baseline measured in the same run: chance (0.5) for the judge; the first 5 iterations for RL.
 Ends with `RESULT judge_acc_seen=... judge_acc_unseen=... gold_gain=... gold_p=... grm_gain=...`
 (gold_gain: hidden-checker pass rate, last 5 iterations minus first 5; gold_p: one-sided bootstrap
@@ -66,10 +68,9 @@ def judge_accuracy(judge, examples, rubrics, ledger, seed: int) -> tuple[dict[st
 def grm_rl(policy, judge, vocab, rubrics, ledger, args, seed: int) -> tuple[list[float], list[float]]:
     """RL with the GRM as the only reward; returns (GRM reward, hidden checker pass rate) per iteration."""
     from agents.engine import BatchingEngine
-    from agents.envs.rl_tasks import BUILDERS
     from agents.grm_data import hidden_check
     from agents.rewards import Score
-    from infra.settings import default_data_root
+    from benchmarks.bench_rl_learn import amen_tasks
     from training.muonclip import MuonClip, muon_param_groups
     from training.rl import policy_loss, prepare_batch
     from training.rollout import RolloutSettings, collect
@@ -80,7 +81,7 @@ def grm_rl(policy, judge, vocab, rubrics, ledger, args, seed: int) -> tuple[list
     opt = MuonClip(muon_param_groups(policy, lr=args.lr, weight_decay=0.0))
     engine = BatchingEngine(policy, slots=args.prompts * args.group, max_len=policy.cfg.max_seq_len, decode=vocab.decode)
     rng = random.Random(f"grm-rl:{seed}")
-    pool = [BUILDERS["instruction"]["text"](i, random.Random(f"if:{seed}:{i}"), default_data_root()) for i in range(256)]
+    pool = amen_tasks(256, seed)  # bench_rl_learn's instruction task, learnable by this policy
     grm_curve, gold_curve = [], []
     for it in range(args.iterations):
         tasks = [pool[rng.randrange(len(pool))] for _ in range(args.prompts)]
@@ -110,22 +111,12 @@ def grm_rl(policy, judge, vocab, rubrics, ledger, args, seed: int) -> tuple[list
     return grm_curve, gold_curve
 
 
-def policy_warmup_conversations(n: int, seed: int) -> list[list[dict]]:
-    """Instruction prompts answered by constructed texts: all constraints met a third of the time."""
-    from agents.envs.rl_tasks import BUILDERS
-    from agents.grm_data import compliant_text, violate
-    from infra.settings import default_data_root
+def warm_up_policy(policy, vocab, seed: int) -> None:
+    """bench_rl_learn's warm-up: 3-6 verse words, ending with the asked-for "Amen." a quarter of
+    the time (the format, not the rewarded choice)."""
+    from benchmarks.bench_rl_learn import amen_tasks, warmup
 
-    rng = random.Random(f"policy-warmup:{seed}")
-    convs = []
-    for i in range(n):
-        task = BUILDERS["instruction"]["text"](i, random.Random(f"warm:{seed}:{i}"), default_data_root())
-        verse = task.text.split('"')[1]
-        text = compliant_text(verse, task.reference, rng)
-        if rng.random() < 2 / 3:
-            text = violate(text, rng.choice(task.reference), rng)
-        convs.append(task.messages() + [{"role": "assistant", "content": text}])
-    return convs
+    warmup(policy, vocab, amen_tasks(256, seed), 100, 2e-3, seed, "01")
 
 
 def bootstrap_p(first: list[float], last: list[float], n: int = 4000, seed: int = 0) -> float:
@@ -143,7 +134,7 @@ def main() -> None:
     p.add_argument("--policy-prompts", type=int, default=128, help="RL prompts the warmed-up policy answers for the judge")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--group", type=int, default=6)
+    p.add_argument("--group", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer judge steps and RL iterations (about 3 minutes)")
@@ -155,11 +146,11 @@ def main() -> None:
 
     from agents.grm import LocalJudge, ParseLedger, Rubrics
     from agents.grm_data import HELD_OUT_FAMILY, judge_examples, policy_examples, training_conversations
-    from infra.settings import default_data_root
+    from benchmarks.bench_rl_learn import amen_tasks
     from model.config import model_preset
     from model.multimodal import K25Model
     from training.data import load_vocab
-    from training.grm import instruction_prompts, policy_answers
+    from training.grm import policy_answers
 
     t0 = time.perf_counter()
     vocab = load_vocab(helpers.build_tiny_data(tempfile.mkdtemp(prefix="bench-grm-")).mixture)
@@ -167,9 +158,9 @@ def main() -> None:
     # the policy first: the judge's data includes the policy's own answers to RL's prompts
     torch.manual_seed(args.seed + 1)
     policy = K25Model(model_preset("tiny", vocab_size=vocab.size, max_seq_len=256), media_pad_id=vocab.media_pad)
-    ce_train(policy, vocab, policy_warmup_conversations(1024, args.seed), 150, 2e-3, args.seed, batch=8)
+    warm_up_policy(policy, vocab, args.seed)
     policy.eval()
-    sampled = policy_answers(policy, vocab, instruction_prompts(args.policy_prompts, args.seed, default_data_root()), 2,
+    sampled = policy_answers(policy, vocab, amen_tasks(args.policy_prompts, args.seed + 99), 2,
                              args.seed, 256)
     examples = judge_examples(args.per_family, args.seed) + policy_examples(sampled)
     convs = training_conversations(examples, rubrics, args.seed)

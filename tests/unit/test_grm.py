@@ -198,7 +198,7 @@ def test_the_checker_rationale_states_what_the_verdict_rests_on():
         if e.family == "instruction":
             assert (": no" not in e.rationale) == e.verdict, e
         elif e.family == "correctness":
-            right, stated = re.match(r"The sum is (\d+); the response says (\S+)\.", e.rationale).groups()
+            right, stated = re.search(r"The sum is (\d+); the response says (\S+)\.$", e.rationale).groups()
             assert (right == stated) == e.verdict, e
         else:
             assert e.rationale.startswith("It"), e

@@ -202,3 +202,13 @@ def test_bad_grm_settings_of_rl_are_refused(overrides, message):
 def test_an_unknown_held_out_judge_family_is_refused():
     with pytest.raises(SpecError, match="held_out_family must be one of"):
         recipes.resolve_stage("tiny", "grm", {"grm.held_out_family": "core"})
+
+
+def test_parl_budgets_resolve_and_bad_ones_are_refused():
+    spec = recipes.resolve_stage("tiny", "parl")
+    assert (spec.parl.budget, spec.parl.main_steps, spec.parl.sub_steps, spec.parl.max_concurrent) == (8, 6, 4, 8)
+    assert 2 * 4 + 1 > spec.parl.budget  # a serial plan of 4 countries cannot finish (agents/swarm.py)
+    with pytest.raises(SpecError, match="entities_min=7 > entities_max=6"):
+        recipes.resolve_stage("tiny", "parl", {"parl.entities_min": "7"})
+    with pytest.raises(SpecError, match="subagents"):
+        recipes.resolve_stage("tiny", "parl", {"parl.subagents": "oracle"})
