@@ -134,6 +134,8 @@ def violate(text: str, constraint: dict, rng: random.Random) -> str:
         return text[:1].upper() + text[1:] if text[:1].isalpha() else "The " + text
     if kind == "max_words":
         return text + " " + " ".join(["and so it was"] * (constraint["n"] // 3 + 2))
+    if kind == "min_words":
+        return " ".join(text.split()[: max(1, constraint["n"] - 2)])
     return text
 
 
@@ -198,6 +200,22 @@ def policy_examples(samples: list[tuple[str, str, list[dict]]], test_share: floa
     the hidden checker: the judge also sees what the policy it will grade actually writes."""
     return [JudgeExample("instruction", p, r, hidden_check("instruction", p, r, c), split_of(p, test_share), "policy",
                          checker_rationale("instruction", p, r, c)) for p, r, c in samples]
+
+
+def prompt_examples(tasks: list, seed: int, test_share: float = 0.2) -> list[JudgeExample]:
+    """Constructed responses to given instruction prompts (RLTask-like: `text`, `reference` the
+    constraints, the verse in quotes): one that meets every constraint and one that breaks one,
+    so the judge sees both verdicts on exactly the prompts it will grade."""
+    rng = random.Random(f"grm-prompt-examples:{seed}")
+    out = []
+    for task in tasks:
+        verse = task.text.split('"')[1] if task.text.count('"') >= 2 else task.text
+        good = compliant_text(verse, task.reference, rng)
+        for text in (good, violate(good, rng.choice(task.reference), rng)):
+            out.append(JudgeExample("instruction", task.text, text, hidden_check("instruction", task.text, text, task.reference),
+                                    split_of(task.text, test_share), "constructed",
+                                    checker_rationale("instruction", task.text, text, task.reference)))
+    return out
 
 
 def training_conversations(examples: list[JudgeExample], rubrics: Rubrics, seed: int,

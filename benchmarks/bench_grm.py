@@ -7,7 +7,8 @@ the hidden checker is watched (the reward-hacking test).
    "Amen." and at least 4 words; warm-up answers end with it a quarter of the time) answers
    `--policy-prompts` such prompts twice.
 2. Judge data (agents/grm_data.py): (rubric, prompt, response, verdict) for four families, the
-   verdict from a hidden programmatic checker, constructed responses plus the policy's answers;
+   verdict from a hidden programmatic checker, constructed responses plus the policy's answers
+   and a compliant and a violating constructed answer to each of those prompts;
    prompts split train/test by hash, and the `no_self_justification` family held out of training
    entirely. A fresh tiny K25Model learns `<checker rationale> Score: k/10` by cross-entropy on
    the training split (a random rubric variant per example).
@@ -145,7 +146,13 @@ def main() -> None:
     import helpers
 
     from agents.grm import LocalJudge, ParseLedger, Rubrics
-    from agents.grm_data import HELD_OUT_FAMILY, judge_examples, policy_examples, training_conversations
+    from agents.grm_data import (
+        HELD_OUT_FAMILY,
+        judge_examples,
+        policy_examples,
+        prompt_examples,
+        training_conversations,
+    )
     from benchmarks.bench_rl_learn import amen_tasks
     from model.config import model_preset
     from model.multimodal import K25Model
@@ -162,7 +169,8 @@ def main() -> None:
     policy.eval()
     sampled = policy_answers(policy, vocab, amen_tasks(args.policy_prompts, args.seed + 99), 2,
                              args.seed, 256)
-    examples = judge_examples(args.per_family, args.seed) + policy_examples(sampled)
+    rl_prompts = amen_tasks(args.policy_prompts, args.seed + 99)
+    examples = judge_examples(args.per_family, args.seed) + policy_examples(sampled) + prompt_examples(rl_prompts, args.seed)
     convs = training_conversations(examples, rubrics, args.seed)
     torch.manual_seed(args.seed)
     judge_model = K25Model(model_preset("tiny", vocab_size=vocab.size, max_seq_len=512), media_pad_id=vocab.media_pad)

@@ -9,7 +9,7 @@ The judge starts from the SFT checkpoint. Its data (agents/grm_data.py) is (rubr
 response, verdict), every verdict from a hidden programmatic checker, never from a model:
 constructed responses for four rubric families (instruction constraints, no initial praise, no
 self-justification, answer correctness) plus the SFT checkpoint's own samples on RL's instruction
-prompts. Prompts are split train/test by hash, and `grm.held_out_family` is never trained on.
+prompts and a compliant and a violating constructed answer to each of those prompts. Prompts are split train/test by hash, and `grm.held_out_family` is never trained on.
 The data is drawn once, before the first step, and stored as `judge_data.parquet` in the run
 folder (its digest in the report); a resumed run reads it back.
 
@@ -31,7 +31,7 @@ import torch.distributed as dist
 from agents.engine import BatchingEngine
 from agents.envs.rl_tasks import BUILDERS
 from agents.grm import LocalJudge, Rubrics, agreement
-from agents.grm_data import JudgeExample, judge_examples, policy_examples, training_conversations
+from agents.grm_data import JudgeExample, judge_examples, policy_examples, prompt_examples, training_conversations
 from infra import storage
 from training.data import ChatLoader
 from training.engine import Engine
@@ -90,7 +90,9 @@ def judge_data(engine: Engine, data_root: str) -> tuple[list[JudgeExample], str]
                  "trained weights; use a new run folder")
         cfg = engine.spec.grm
         examples = judge_examples(cfg.per_family, engine.spec.train.seed, cfg.test_share)
+        prompts = instruction_prompts(cfg.policy_prompts, engine.spec.train.seed, data_root)
         examples += policy_examples(sample_policy(engine, data_root), cfg.test_share)
+        examples += prompt_examples(prompts, engine.spec.train.seed, cfg.test_share)
         buf = io.BytesIO()
         pd.DataFrame([asdict(e) for e in examples]).to_parquet(buf, index=False)
         data = buf.getvalue()
