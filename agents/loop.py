@@ -57,6 +57,10 @@ class LoopLimits:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    # Discard-all (RECIPE.md §7.4), an evaluation baseline: past this many context tokens the
+    # history is dropped and the agent restarts from the prompt (0: never). Such a trajectory is
+    # several contexts in a row, not one training sequence.
+    discard_after: int = 0
 
 
 @dataclass
@@ -66,6 +70,7 @@ class AgentResult:
     tool_results: list[ToolResult]
     finish: str  # "answer" | "max_turns" | "context" | "length" | "budget"
     final_text: str
+    discards: int = 0  # Discard-all restarts
 
     @property
     def calls(self) -> list[ToolCall]:
@@ -86,6 +91,7 @@ async def run_agent(engine: BatchingEngine, vocab: Vocab, env: Environment, task
     results: list[ToolResult] = []
     n_calls = 0
     request = GenerateRequest(prompt, media, keep=True)
+    context, discards = len(prompt), 0
     finish = "max_turns"
     session = None
     try:
@@ -120,11 +126,20 @@ async def run_agent(engine: BatchingEngine, vocab: Vocab, env: Environment, task
             append += vocab.role_header("assistant")
             tool_media = media_of(tool_messages)
             trajectory.add_context(append, "tool", tool_media)
+            context += len(out.ids) + len(append)
+            if limits.discard_after and context > limits.discard_after:
+                # Discard-all: the history goes, the task stays (the environment keeps its state)
+                engine.release(session)
+                session, context = None, len(prompt)
+                trajectory.add_context(prompt, "prompt", media)
+                request = GenerateRequest(prompt, media, keep=True)
+                discards += 1
+                continue
             request = GenerateRequest(append, tool_media, session=session, keep=True)
     finally:
         engine.release(session)
     final = turns[-1].content if turns else ""
-    return AgentResult(trajectory, turns, results, finish, final)
+    return AgentResult(trajectory, turns, results, finish, final, discards)
 
 
 async def _run_calls(env: Environment, calls: list[ToolCall], parallel: int) -> list[ToolResult]:

@@ -12,17 +12,19 @@ family and arm, the tool's gain over the no-tool arm in points, and the tool-cal
 media arm relative to the text arm (`probe_ratio`).
 
 `widesearch_local`: held-out wide and deep tasks (test-split countries, the held-out attribute
-pairs; agents/envs/widesearch.py) answered by the same checkpoint in two arms at the same
-critical-step budget: `single` (search, open, find, submit; no delegation tools) and `swarm`
-(also create_subagent and assign_task, sub-agents being a frozen copy of the same checkpoint).
+pairs; agents/envs/widesearch.py) answered by the same checkpoint in three arms at the same
+critical-step budget: `single` (search, open, find, submit; no delegation tools), `swarm`
+(also create_subagent and assign_task, sub-agents being a frozen copy of the same checkpoint)
+and `discard_all` (the single agent with RECIPE.md §7.4's context management: past
+`discard_after_tokens` of context the history is dropped and it restarts from the task).
 Reported per arm: item-F1 (the suite's accuracy is the swarm arm's), success, critical steps
-and sub-agents per task. The Discard-all context-management baseline of RECIPE.md §7.4 is not
-built yet.
+and sub-agents per task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 
 from agents.engine import BatchingEngine
@@ -34,7 +36,7 @@ from agents.loop import LoopLimits, run_agent
 from agents.swarm import ModelSubAgents, SwarmEpisode, SwarmLimits
 from model.tokens import Vocab
 
-WIDESEARCH_ARMS = ("single", "swarm")
+WIDESEARCH_ARMS = ("single", "swarm", "discard_all")
 PRIMARY_ARM = {"ipython_tools": "tool", "widesearch_local": "swarm"}  # the arm a suite's accuracy is
 
 
@@ -138,14 +140,16 @@ def eval_widesearch(model, vocab: Vocab, tasks: list[WideSearchTask], cfg, limit
         subagents = ModelSubAgents(sub_engine, vocab, corpus, cfg.swarm_max_new_tokens, cfg.temperature, cfg.seed)
         episode = SwarmEpisode(corpus, limits, subagents, delegate=arm == "swarm",
                                count_tokens=lambda text: len(vocab.encode(text)))
-        result = await run_agent(engine, vocab, episode, task, loop, on_turn=episode.on_turn)
+        arm_loop = dataclasses.replace(loop, discard_after=cfg.discard_after_tokens) if arm == "discard_all" else loop
+        result = await run_agent(engine, vocab, episode, task, arm_loop, on_turn=episode.on_turn)
         r = episode.rewards(0.0, 0.0)
         return {"suite": "widesearch_local", "id": f"{task.id}:{arm}", "sample": 0, "arm": arm, "family": task.kind,
                 "prompt": task.question, "output": "\n---\n".join(t.content for t in result.turns),
                 "extracted": str(episode.submitted), "reference": str(task.gold), "score": r["r_perf"],
                 "success": r["success"], "critical_steps": r["critical_steps"], "subagents": r["subagents"],
                 "prompt_tokens": 0, "output_tokens": result.trajectory.model_tokens(), "calls": len(result.calls),
-                "well_formed_calls": sum(c.ok for c in result.calls), "finish": result.finish}
+                "well_formed_calls": sum(c.ok for c in result.calls), "finish": result.finish,
+                "discards": result.discards}
 
     async def run() -> list[dict]:
         return list(await asyncio.gather(*(one(t, arm) for arm in WIDESEARCH_ARMS for t in tasks)))

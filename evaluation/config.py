@@ -57,6 +57,8 @@ class EvalConfig(Block):
     about 450 tokens with the tiny tokenizer)."""
     agent_max_turns: int = Field(4, gt=0)
     """Assistant turns per agent trajectory."""
+    discard_after_tokens: int = Field(1024, gt=0)
+    """widesearch_local's discard_all arm: past this many context tokens the history is dropped [not stated]."""
     swarm_max_new_tokens: int = Field(96, gt=0)
     """Tokens per assistant turn in widesearch_local (a search, open or assign call with its
     arguments), for the orchestrator and its sub-agents alike."""

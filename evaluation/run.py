@@ -216,7 +216,7 @@ def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig) -> tuple[s
                + "\n".join(f"| {arm} | {metrics.get(f'widesearch_local/{arm}_item_f1', 0):.4f} | "
                            f"{metrics.get(f'widesearch_local/{arm}_success', 0):.4f} | "
                            f"{metrics.get(f'widesearch_local/{arm}_critical_steps', 0):.2f} | "
-                           f"{metrics.get(f'widesearch_local/{arm}_subagents', 0):.2f} |" for arm in ("single", "swarm"))
+                           f"{metrics.get(f'widesearch_local/{arm}_subagents', 0):.2f} |" for arm in ("single", "swarm", "discard_all"))
                + "\n")
     return md, buf.getvalue()
 
@@ -263,7 +263,7 @@ def main(argv=None) -> None:
 
         tasks = widesearch_tasks(cfg.agent_limit, cfg.seed)[rank::world]
         records += eval_widesearch(model, vocab, tasks, cfg)
-        reporter.log(f"widesearch_local: {len(tasks)} tasks x 2 arms (single, swarm) on rank {rank}")
+        reporter.log(f"widesearch_local: {len(tasks)} tasks x 3 arms (single, swarm, discard_all) on rank {rank}")
     records = gather(records, world)
     if rank == 0:
         df = pd.DataFrame(records)

@@ -137,13 +137,17 @@ class ReplayEngine:
     recorded calls) so the episode's bookkeeping can be checked without a trained model."""
 
     def __init__(self, turns: list[list[int]]):
-        self.turns, self.version = list(turns), 0
+        self.turns, self.version, self.sessions = list(turns), 0, 0
 
     async def generate(self, request):
         from agents.engine import TokenOutput
 
         ids = self.turns.pop(0)
-        return TokenOutput(ids, [-0.5] * len(ids), "stop", 0, None, "")
+        session = request.session
+        if session is None and request.keep:  # a new live request, as the engine keeps its slot
+            self.sessions += 1
+            session = self.sessions
+        return TokenOutput(ids, [-0.5] * len(ids), "stop", 0, session, "")
 
     def release(self, session):
         pass
@@ -211,9 +215,35 @@ def test_the_widesearch_suite_runs_both_arms_at_one_budget(vocab):
     assert all(set(t.entities if t.kind == "wide" else t.entities[:1]) <= held_out for t in tasks)
     records = eval_widesearch(model, vocab, tasks, EvalConfig(swarm_max_new_tokens=16, temperature=0.0),
                               SwarmLimits(budget=4, main_steps=3, sub_steps=2))
-    assert sorted(r["arm"] for r in records) == ["single"] * 3 + ["swarm"] * 3
+    assert sorted(r["arm"] for r in records) == ["discard_all"] * 3 + ["single"] * 3 + ["swarm"] * 3
     assert all(r["critical_steps"] <= 4 for r in records)
-    assert all(r["subagents"] == 0 for r in records if r["arm"] == "single")
+    assert all(r["subagents"] == 0 for r in records if r["arm"] != "swarm")
     figures = summarize_widesearch(records)
-    assert set(figures) == {f"widesearch_local/{a}_{k}" for a in ("single", "swarm")
+    assert set(figures) == {f"widesearch_local/{a}_{k}" for a in ("single", "swarm", "discard_all")
                             for k in ("item_f1", "success", "critical_steps", "subagents")}
+
+
+def test_discard_all_restarts_from_the_prompt_past_its_threshold(corpus, vocab):
+    from agents.chat import assistant_body
+    from agents.loop import LoopLimits, run_agent
+
+    task = wide_task(corpus, 0, 2, ("capital",), "train", random.Random(2))
+    calls = [{"content": "", "tool_calls": [{"name": "search", "arguments": {"queries": [c]}}]} for c in task.entities]
+    replay = [assistant_body(t, vocab, k)[:-1] for k, t in enumerate(calls)] + [vocab.encode("done") + [vocab.im_end]]
+    seen = []
+
+    class Recording(ReplayEngine):
+        async def generate(self, request):
+            seen.append(request.session)
+            return await super().generate(request)
+
+    episode = SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus), delegate=False)
+    result = asyncio.run(run_agent(Recording(replay), vocab, episode, task, LoopLimits(max_turns=6, discard_after=10),
+                                   on_turn=episode.on_turn))
+    assert result.discards == 2 and seen == [None, None, None]  # every turn past the threshold starts afresh
+    prompts = [s for s in result.trajectory.segments if s.source == "prompt"]
+    assert len(prompts) == 3 and len({s.ids for s in prompts}) == 1  # the same task prompt each time
+    seen.clear()
+    kept = asyncio.run(run_agent(Recording(list(replay)), vocab, SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus)),
+                                 task, LoopLimits(max_turns=6), on_turn=None))
+    assert kept.discards == 0 and seen == [None, 1, 1]  # without it the live request continues
