@@ -237,6 +237,8 @@ def gold_leaks(row: dict) -> list[str]:
         submit = row["messages"][-2]["tool_calls"][0]["arguments"]["table"]
         values = [str(c) for r in submit for c in r[1:] if str(c).strip()]
         question = next(m["content"] for m in row["messages"] if m["role"] == "user")
+        for key in sorted((str(r[0]) for r in submit), key=len, reverse=True):
+            question = question.replace(key, " ")  # the countries asked about are not leaks (Singapore's capital)
         return [v for v in values if re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", question)]
     final = boxed(row["messages"][-1]["content"])
     if final is None:

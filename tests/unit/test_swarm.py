@@ -196,7 +196,7 @@ def test_search_sft_traces_are_executed_plans_whose_tables_are_right(vocab):
         trained = vocab.decode([t for t, y in zip(ids, labels) if y != -100])
         assert "submit" in trained and outputs[0][:20] not in trained
     bad = search_trace(0, 0, 0)[0]
-    bad[-2]["tool_calls"][0]["arguments"]["table"][0][1] = bad[1]["content"].split()[5]  # a word of the question
+    bad[-2]["tool_calls"][0]["arguments"]["table"][0][1] = "columns"  # a word the question states
     assert gold_leaks({"source": "search", "messages": bad})
 
 
@@ -247,3 +247,12 @@ def test_discard_all_restarts_from_the_prompt_past_its_threshold(corpus, vocab):
     kept = asyncio.run(run_agent(Recording(list(replay)), vocab, SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus)),
                                  task, LoopLimits(max_turns=6), on_turn=None))
     assert kept.discards == 0 and seen == [None, 1, 1]  # without it the live request continues
+
+
+def test_no_search_trace_is_flagged_for_a_country_named_in_its_own_question():
+    """Singapore's capital is Singapore, South Africa lies in Africa: the countries a question
+    lists are not leaks of their cells (the asset's leak check failed on such traces once)."""
+    from agents.sft_data import gold_leaks, search_trace
+
+    flagged = [i for i in range(300) if gold_leaks({"source": "search", "messages": search_trace(i, 0, i % 3)[0]})]
+    assert flagged == []
