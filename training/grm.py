@@ -144,10 +144,14 @@ def judge_figures(frame: pd.DataFrame, held_out: str) -> dict[str, float]:
     right = parsed & ((frame["score"].fillna(0) >= 0.5) == frame["verdict"])
     by_family = right.groupby(frame["family"]).mean()
     seen = [v for f, v in by_family.items() if f != held_out]
+    unseen = frame["family"] == held_out
     out = {f"judge_acc/{f}": float(v) for f, v in by_family.items()}
+    # the parse contract is measured on the families RL judges with (the seen ones); the unseen
+    # family's own failures are reported beside it
     out.update(judge_acc_seen=float(sum(seen) / len(seen)) if seen else float("nan"),
                judge_acc_unseen=float(by_family.get(held_out, float("nan"))),
-               judge_parse_fail_share=float(1 - parsed.mean()),
+               judge_parse_fail_share=float(1 - parsed[~unseen].mean()) if (~unseen).any() else float("nan"),
+               judge_parse_fail_unseen=float(1 - parsed[unseen].mean()) if unseen.any() else float("nan"),
                judge_variant_agreement=agreement(_scores(frame["score"]), _scores(frame["second_score"])),
                judge_eval_items=float(len(frame)))
     return out

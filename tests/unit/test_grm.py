@@ -173,7 +173,8 @@ def test_judge_figures_count_unparsed_as_wrong_and_split_seen_from_unseen():
                           "score": [1.0, 0.0, None, 1.0, 1.0, 1.0], "second_score": [1.0, 0.0, None, 0.0, 1.0, 1.0]})
     figures = judge_figures(frame, "no_self_justification")
     assert figures["judge_acc/instruction"] == 0.5 and figures["judge_acc_seen"] == 0.5
-    assert figures["judge_acc_unseen"] == 0.5 and figures["judge_parse_fail_share"] == pytest.approx(1 / 6)
+    assert figures["judge_acc_unseen"] == 0.5 and figures["judge_parse_fail_share"] == pytest.approx(1 / 4)
+    assert figures["judge_parse_fail_unseen"] == 0.0  # the unseen family parsed; the seen one did not once
     assert figures["judge_variant_agreement"] == pytest.approx(4 / 5)
 
 
