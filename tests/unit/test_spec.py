@@ -212,3 +212,9 @@ def test_parl_budgets_resolve_and_bad_ones_are_refused():
         recipes.resolve_stage("tiny", "parl", {"parl.entities_min": "7"})
     with pytest.raises(SpecError, match="subagents"):
         recipes.resolve_stage("tiny", "parl", {"parl.subagents": "oracle"})
+
+
+def test_the_grm_parse_contract_binds_outside_the_tiny_profile():
+    assert recipes.resolve_stage("tiny", "rl").rl.grm_max_parse_fail == 1.0  # logged, never stops (see recipes/)
+    for profile in ("small", "k25"):
+        assert recipes.resolve_stage(profile, "rl").rl.grm_max_parse_fail == 0.05
