@@ -68,11 +68,11 @@ def policy_answers(model, vocab, tasks: list, samples: int, seed: int, max_len: 
     return [(t.text, s.text, t.reference) for t, g in zip(tasks, groups) for s in g]
 
 
-def sample_policy(engine: Engine, data_root: str) -> list[tuple[str, str, list[dict]]]:
-    """The upstream checkpoint's answers to RL's instruction prompts. Each rank samples its
-    share of the prompts; every rank gets all of them."""
+def sample_policy(engine: Engine, prompts: list) -> list[tuple[str, str, list[dict]]]:
+    """The upstream checkpoint's answers to `prompts`. Each rank samples its share of them;
+    every rank gets all the answers."""
     cfg, seed = engine.spec.grm, engine.spec.train.seed
-    mine = instruction_prompts(cfg.policy_prompts, seed, data_root)[engine.rank::engine.world]
+    mine = prompts[engine.rank::engine.world]
     rows = policy_answers(engine.model, engine.vocab, mine, cfg.policy_samples,
                           stable_seed("grm-policy-sample", seed, engine.rank), engine.spec.data.seq_len)
     return gathered(rows, engine.world)
@@ -91,7 +91,7 @@ def judge_data(engine: Engine, data_root: str) -> tuple[list[JudgeExample], str]
         cfg = engine.spec.grm
         examples = judge_examples(cfg.per_family, engine.spec.train.seed, cfg.test_share)
         prompts = instruction_prompts(cfg.policy_prompts, engine.spec.train.seed, data_root)
-        examples += policy_examples(sample_policy(engine, data_root), cfg.test_share)
+        examples += policy_examples(sample_policy(engine, prompts), cfg.test_share)
         examples += prompt_examples(prompts, engine.spec.train.seed, cfg.test_share)
         buf = io.BytesIO()
         pd.DataFrame([asdict(e) for e in examples]).to_parquet(buf, index=False)
