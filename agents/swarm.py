@@ -31,13 +31,14 @@ import asyncio
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Protocol
 
 from agents.envs.widesearch import Corpus, WideSearchEnv, WideSearchTask, normalise, score_table
 from agents.loop import LoopLimits, ToolResult, run_agent
 
 MAIN = "main"
+PAGE_TOKENS = 640  # tool results up to this are whole: the longest country page is 607 tiny-tokenizer tokens (KJV chapters are cut)
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,8 @@ class ModelSubAgents:
     async def run(self, system_prompt: str, prompt: str, cap: int, on_step) -> tuple[str, bool]:
         self.runs += 1
         env = SubAgentEnv(self.corpus, system_prompt)
-        limits = LoopLimits(max_turns=cap, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                            seed=self.seed * 100_003 + self.runs)
+        limits = LoopLimits(max_turns=cap, max_new_tokens=self.max_new_tokens, max_tool_tokens=PAGE_TOKENS,
+                            temperature=self.temperature, seed=self.seed * 100_003 + self.runs)
 
         def step(turn: int) -> bool:
             on_step()
@@ -246,8 +247,8 @@ class SwarmEpisode(WideSearchEnv):
         self.graph, self.stage, self.agents, self.assignments = ExecutionGraph(), -1, {}, []
         if "assign_task" in self.tools:
             messages[0] = {"role": "system", "content": messages[0]["content"] + (
-                " You may also create_subagent(name, system_prompt) and assign_task(agent, prompt): a sub-agent "
-                "searches on its own and answers with one message.")}
+                " You may also create_subagent(name, system_prompt) (the system prompt is optional) and "
+                "assign_task(agent, prompt): a sub-agent searches on its own and answers with one message.")}
         return messages, media
 
     def on_turn(self, turn: int) -> bool:
@@ -319,6 +320,14 @@ class SwarmEpisode(WideSearchEnv):
                 "serial": float(n == 0)}
 
 
+def orchestrator_loop(loop: LoopLimits, limits: SwarmLimits) -> LoopLimits:
+    """The orchestrator's loop limits: every create_subagent and assign_task of a full stage runs
+    at once (the loop's default gate of concurrent calls would queue sub-agents past it), and an
+    opened page arrives whole."""
+    return replace(loop, max_turns=limits.main_steps, max_tool_tokens=max(loop.max_tool_tokens, PAGE_TOKENS),
+                   max_parallel_calls=max(loop.max_parallel_calls, 2 * limits.max_concurrent + 2))
+
+
 def annealed(initial: float, step: int, total_steps: int, anneal_fraction: float) -> float:
     """lambda at `step`: linear from `initial` to 0 over the first `anneal_fraction` of training."""
     span = max(1.0, anneal_fraction * total_steps)
@@ -330,7 +339,8 @@ def annealed(initial: float, step: int, total_steps: int, anneal_fraction: float
 async def scripted_orchestrator(episode: SwarmEpisode, task: WideSearchTask, fan_out: int,
                                 pace: Callable[[], Awaitable[None]] | None = None) -> list[dict]:
     """SCRIPTED: fan_out = 0 is the serial plan (search then open each country itself, one call a
-    turn, then submit); fan_out = k creates k sub-agents and deals them the countries in one
+    turn, then submit; when the next country and the submit would not fit the budget it submits
+    the rows it has); fan_out = k creates k sub-agents and deals them the countries in one
     turn, then submits their lines as the table. Runs through the episode's own tools and
     budget (a wide task's plan); `pace` is awaited once per main step, like
     ScriptedSubAgents.pace. Returns the transcript: the episode's messages, then one assistant
@@ -354,6 +364,8 @@ async def scripted_orchestrator(episode: SwarmEpisode, task: WideSearchTask, fan
     if fan_out == 0:
         pages = {}
         for country in task.entities:
+            if episode.graph.critical_steps() + 3 > episode.limits.budget:  # search, open and submit no longer fit:
+                break  # hand in the rows it has (a partial table scores partial item-F1)
             found = await turn([("search", {"queries": [country]})])
             if found is None:
                 return transcript
@@ -362,11 +374,12 @@ async def scripted_orchestrator(episode: SwarmEpisode, task: WideSearchTask, fan
             if opened is None:
                 return transcript
             pages[country] = opened[0].text
-        rows = [[c, *(page_value(pages[c], c, a) for a in task.columns[1:])] for c in task.entities]
+        rows = [[c, *(page_value(pages[c], c, a) for a in task.columns[1:])] for c in pages]
     else:
         shares = [task.entities[i::fan_out] for i in range(min(fan_out, len(task.entities)))]
         asks = " and ".join(a.replace("_", " ") for a in task.columns[1:])
-        calls = [("create_subagent", {"name": f"agent{i}", "system_prompt": SUB_SYSTEM}) for i in range(len(shares))]
+        # no system_prompt: the default (SUB_SYSTEM) serves, and traces stay short enough for tiny rows
+        calls = [("create_subagent", {"name": f"agent{i}"}) for i in range(len(shares))]
         calls += [("assign_task", {"agent": f"agent{i}", "prompt": f"Find the {asks} of: {', '.join(share)}."})
                   for i, share in enumerate(shares)]
         replies = await turn(calls)

@@ -10,10 +10,11 @@ import torch
 
 
 def ce_train(model, vocab, draw_batch: Callable[[random.Random], list[list[dict]]], steps: int, lr: float,
-             seed: int, schedule: bool = True) -> float:
+             seed: int, schedule: bool = True, max_len: int = 0, clip: float = 0.0) -> float:
     """`steps` AdamW steps on `draw_batch(rng)` conversations each (loss on assistant turns only,
-    media spliced as in training); with `schedule`, 20 warm-up steps then a linear decay to 10%.
-    Returns the last loss."""
+    media spliced as in training); with `schedule`, 20 warm-up steps then a linear decay to 10%;
+    rows longer than `max_len` (0: no cap) keep their first `max_len` tokens (text rows only);
+    `clip` > 0 clips the gradient norm. Returns the last loss."""
     from agents.chat import media_of
     from training.data import encode_conversation
 
@@ -25,6 +26,8 @@ def ce_train(model, vocab, draw_batch: Callable[[random.Random], list[list[dict]
     for _ in range(steps):
         batch = draw_batch(rng)
         rows = [encode_conversation(c, vocab) for c in batch]
+        if max_len:
+            rows = [(i[:max_len], lab[:max_len]) for i, lab in rows]
         width = max(len(i) for i, _ in rows)
         tokens = torch.tensor([i + [vocab.pad] * (width - len(i)) for i, _ in rows])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
@@ -32,6 +35,8 @@ def ce_train(model, vocab, draw_batch: Callable[[random.Random], list[list[dict]
         loss = model.loss(tokens[:, :-1], labels[:, 1:], vision_items=media or None)
         opt.zero_grad()
         loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         sched.step()
     return float(loss.detach())

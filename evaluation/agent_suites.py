@@ -33,7 +33,7 @@ from agents.envs.ipython import ARMS, IPythonImageEnv
 from agents.envs.widesearch import WideSearchTask, build_corpus, build_tasks
 from agents.kernel import Kernel
 from agents.loop import LoopLimits, run_agent
-from agents.swarm import ModelSubAgents, SwarmEpisode, SwarmLimits
+from agents.swarm import ModelSubAgents, SwarmEpisode, SwarmLimits, orchestrator_loop
 from model.tokens import Vocab
 
 WIDESEARCH_ARMS = ("single", "swarm", "discard_all")
@@ -133,8 +133,8 @@ def eval_widesearch(model, vocab: Vocab, tasks: list[WideSearchTask], cfg, limit
     engine = BatchingEngine(model, slots=min(32, max(1, len(tasks))), max_len=max_len, decode=vocab.decode)
     sub_engine = BatchingEngine(model, slots=min(64, max(1, len(tasks) * limits.max_concurrent)), max_len=max_len,
                                 decode=vocab.decode)
-    loop = LoopLimits(max_turns=limits.main_steps, max_new_tokens=cfg.swarm_max_new_tokens, temperature=cfg.temperature,
-                      top_p=cfg.top_p, seed=cfg.seed)
+    loop = orchestrator_loop(LoopLimits(max_new_tokens=cfg.swarm_max_new_tokens, temperature=cfg.temperature,
+                                        top_p=cfg.top_p, seed=cfg.seed), limits)
 
     async def one(task: WideSearchTask, arm: str) -> dict:
         subagents = ModelSubAgents(sub_engine, vocab, corpus, cfg.swarm_max_new_tokens, cfg.temperature, cfg.seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -124,6 +125,19 @@ def run_torchrun(module: str, args: list[str], nproc: int = 2, env: dict[str, st
     cmd = launcher.torchrun_command(module, args, nproc, sys.executable)
     return subprocess.run(cmd, cwd=str(REPO_ROOT), env=env or stage_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+
+
+def run_tiny_stage(module: str, mixture: str, run_dir, sets: list[str], *extra: str,
+                   timeout: float = 600) -> subprocess.CompletedProcess:
+    """A stage program on the tiny profile under torchrun (2 ranks); `sets` are `--set` overrides."""
+    args = ["--profile", "tiny", "--mixture", mixture, "--run-dir", str(run_dir),
+            *(a for s in sets for a in ("--set", s)), *extra]
+    return run_torchrun(module, args, timeout=timeout)
+
+
+def logged(out: str, name: str) -> list[float]:
+    """Every value a stage's console log gives metric `name` (not `prefix/name`)."""
+    return [float(m) for m in re.findall(rf"(?<![/\w]){name} (-?[\d.e+-]+|nan)", out)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch
 from agents.engine import BatchingEngine
 from agents.envs.widesearch import build_corpus, build_tasks
 from agents.loop import LoopLimits, run_agent
-from agents.swarm import ModelSubAgents, ScriptedSubAgents, SwarmEpisode, SwarmLimits, annealed
+from agents.swarm import ModelSubAgents, ScriptedSubAgents, SwarmEpisode, SwarmLimits, annealed, orchestrator_loop
 from model.multimodal import K25Model
 from training import checkpoint
 from training.engine import Engine
@@ -55,6 +55,30 @@ def frozen_subagent(engine: Engine) -> K25Model:
     model = checkpoint.load_model(engine.spec.inputs.init_from, manifest=engine.init_manifest)
     model.requires_grad_(False)
     return model.to(engine.device).eval()
+
+
+async def run_episodes(rollouts: BatchingEngine, vocab, corpus, limits: SwarmLimits, loop: LoopLimits, tasks,
+                       group_size: int, subagents, seed: int, delegate: bool = True) -> list[list[tuple]]:
+    """`group_size` orchestrator episodes of every task, all at once on `rollouts`:
+    [[(AgentResult, SwarmEpisode), ...] per task]. `subagents(seed)` gives one episode's sub-agents."""
+    loop = orchestrator_loop(loop, limits)
+
+    async def one(task, member: int):
+        episode_seed = stable_seed(seed, task.id, member)
+        episode = SwarmEpisode(corpus, limits, subagents(episode_seed), delegate=delegate,
+                               count_tokens=lambda text: len(vocab.encode(text)))
+        result = await run_agent(rollouts, vocab, episode, task, dataclasses.replace(loop, seed=episode_seed),
+                                 on_turn=episode.on_turn)
+        return result, episode
+    groups = await asyncio.gather(*(asyncio.gather(*(one(t, m) for m in range(group_size))) for t in tasks))
+    return [list(g) for g in groups]
+
+
+def episode_figures(result, episode: SwarmEpisode, lambda_parallel: float, lambda_finish: float) -> dict[str, float]:
+    """The episode's reward and its parts (SwarmEpisode.rewards) plus its share of failed tool calls."""
+    figures = episode.rewards(lambda_parallel, lambda_finish)
+    figures["tool_errors"] = sum(not r.ok for r in result.tool_results) / max(1, len(result.tool_results))
+    return figures
 
 
 class Swarm:
@@ -86,18 +110,10 @@ class Swarm:
                               spec.rl.temperature, seed)
 
     async def _episodes(self, tasks, seed: int) -> list[list[tuple]]:
-        spec, vocab = self.engine.spec, self.engine.vocab
-        limits = LoopLimits(max_turns=spec.parl.main_steps, max_new_tokens=spec.rl.max_new_tokens,
-                            temperature=spec.rl.temperature, top_p=spec.rl.top_p)
-
-        async def one(task, member: int):
-            episode = SwarmEpisode(self.corpus, self.limits, self.subagents(stable_seed(seed, task.id, member)),
-                                   count_tokens=lambda text: len(vocab.encode(text)))
-            run_limits = dataclasses.replace(limits, seed=stable_seed(seed, task.id, member))
-            result = await run_agent(self.rollouts, vocab, episode, task, run_limits, on_turn=episode.on_turn)
-            return result, episode
-        groups = await asyncio.gather(*(asyncio.gather(*(one(t, m) for m in range(spec.rl.group_size))) for t in tasks))
-        return [list(g) for g in groups]
+        spec = self.engine.spec
+        loop = LoopLimits(max_new_tokens=spec.rl.max_new_tokens, temperature=spec.rl.temperature, top_p=spec.rl.top_p)
+        return await run_episodes(self.rollouts, self.engine.vocab, self.corpus, self.limits, loop, tasks,
+                                  spec.rl.group_size, self.subagents, seed)
 
     @torch.no_grad()
     def collect(self, index: int) -> dict:
@@ -115,8 +131,7 @@ class Swarm:
         for group in groups:
             row = []
             for result, episode in group:
-                figures = episode.rewards(lam_par, lam_fin)
-                figures["tool_errors"] = sum(not r.ok for r in result.tool_results) / max(1, len(result.tool_results))
+                figures = episode_figures(result, episode, lam_par, lam_fin)
                 row.append(figures["reward"])
                 for k in FIGURES:
                     sums[k] += figures[k]

@@ -4,20 +4,15 @@ resume, held-out accuracy per family reported, and RL logging the GRM figures pe
 RL with a GRM weight but no judge is refused before any work."""
 
 import hashlib
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import logged, run_tiny_stage
 
 from training import checkpoint
 from training.grm import JUDGE_DATA, JUDGE_EVAL
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 GRM_SETS = ["train.steps=4", "checkpoint.every=2", "train.log_every=2", "grm.per_family=40", "grm.policy_prompts=4",
             "grm.eval_per_family=6"]
 RL_SETS = ["train.steps=2", "checkpoint.every=2", "train.log_every=1", "rl.pool_size=8", "rl.prompts_per_step=2",
@@ -25,22 +20,10 @@ RL_SETS = ["train.steps=2", "checkpoint.every=2", "train.log_every=1", "rl.pool_
            "rl.grm_weight=0.5", "rl.grm_max_parse_fail=1.0"]
 
 
-def program(module: str, mixture: str, run_dir: Path, sets: list[str], *extra: str) -> subprocess.CompletedProcess:
-    args = [a for s in sets for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", module, "--profile", "tiny", "--mixture", mixture, "--run-dir", str(run_dir), *args, *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def metric(out: str, name: str) -> list[float]:
-    return [float(m) for m in re.findall(rf"(?<![/\w]){name} (-?[\d.e+-]+|nan)", out)]
-
-
 def test_grm_trains_a_judge_reports_it_and_rl_reads_it(mixture_uri, tmp_path):
     grm_dir = tmp_path / "grm"
-    first = program("training.grm", mixture_uri, grm_dir, GRM_SETS)
-    out = first.stdout + first.stderr
+    first = run_tiny_stage("training.grm", mixture_uri, grm_dir, GRM_SETS)
+    out = first.stdout
     assert first.returncode == 0, out[-4000:]
     data = pd.read_parquet(grm_dir / JUDGE_DATA)
     assert set(data["family"]) == {"instruction", "no_praise", "no_self_justification", "correctness"}
@@ -50,31 +33,31 @@ def test_grm_trains_a_judge_reports_it_and_rl_reads_it(mixture_uri, tmp_path):
     assert len(judged) == 4 * 6
     assert set(judged["prompt"]) <= set(data.loc[data["split"] == "test", "prompt"])  # held-out prompts only
     for name in ("judge_acc_seen", "judge_acc_unseen", "judge_parse_fail_share"):
-        (value,) = metric(out, name)
+        (value,) = logged(out, name)
         assert 0.0 <= value <= 1.0, (name, value)
     digest = hashlib.sha256((grm_dir / JUDGE_DATA).read_bytes()).hexdigest()
 
-    again = program("training.grm", mixture_uri, grm_dir, GRM_SETS[1:] + ["train.steps=6"])
-    out2 = again.stdout + again.stderr
+    again = run_tiny_stage("training.grm", mixture_uri, grm_dir, GRM_SETS[1:] + ["train.steps=6"])
+    out2 = again.stdout
     assert again.returncode == 0, out2[-4000:]
     assert "judge data read from" in out2 and "resumed from" in out2
     assert hashlib.sha256((grm_dir / JUDGE_DATA).read_bytes()).hexdigest() == digest  # never drawn again
     judge = checkpoint.latest(str(grm_dir))
     assert checkpoint.read_manifest(judge)[0]["step"] == 6
 
-    rl = program("training.rl", mixture_uri, tmp_path / "rl", RL_SETS, "--judge", judge)
-    out3 = rl.stdout + rl.stderr
+    rl = run_tiny_stage("training.rl", mixture_uri, tmp_path / "rl", RL_SETS, "--judge", judge)
+    out3 = rl.stdout
     assert rl.returncode == 0, out3[-4000:]
     assert f"GRM: judge {judge}" in out3
     for name in ("grm_mean", "grm_gated_share", "grm_verifier_agreement", "grm_parse_fail_share"):
-        assert len(metric(out3, name)) == 2, name
+        assert len(logged(out3, name)) == 2, name
     # nothing is verified correct at this scale, so the GRM term is never added
-    assert metric(out3, "grm_gated_share") == [0.0, 0.0]
+    assert logged(out3, "grm_gated_share") == [0.0, 0.0]
 
 
 def test_rl_with_a_grm_weight_and_no_judge_is_refused_before_any_work(mixture_uri, tmp_path):
-    proc = program("training.rl", mixture_uri, tmp_path / "rl", RL_SETS)
-    out = proc.stdout + proc.stderr
+    proc = run_tiny_stage("training.rl", mixture_uri, tmp_path / "rl", RL_SETS)
+    out = proc.stdout
     assert proc.returncode != 0
     assert "rl.grm_weight=0.5 needs the judge checkpoint" in out
     assert checkpoint.latest(str(tmp_path / "rl")) is None

@@ -79,11 +79,49 @@ def test_the_budget_stops_a_serial_plan_and_leaves_a_parallel_one(corpus):
     task = wide_task(corpus, 0, 4, ("capital",), "train", random.Random(4))
     serial = SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus))
     asyncio.run(scripted_orchestrator(serial, task, 0))
-    assert serial.graph.critical_steps() == 8 and serial.submitted is None  # 2n+1 = 9 > B = 8
-    assert serial.rewards(0.5, 0.5)["reward"] == 0.0  # no submission, no assignment: nothing earned
+    # 2n+1 = 9 > B = 8: after three countries (6 steps) a fourth and the submit no longer fit
+    assert serial.graph.critical_steps() == 7 and len(serial.submitted) == 3
+    # 3 right rows of 4: precision 1, recall 6/8 items, item-F1 6/7; no assignment earns nothing more
+    assert serial.rewards(0.5, 0.5)["reward"] == pytest.approx(6 / 7)
     swarm = SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus))
     asyncio.run(scripted_orchestrator(swarm, task, 4))
     assert swarm.graph.critical_steps() == 5 and swarm.rewards(0, 0)["r_perf"] == 1.0
+
+
+def test_every_assignment_of_a_turn_runs_at_once_through_the_agent_loop(corpus, vocab):
+    from agents.chat import assistant_body
+    from agents.loop import LoopLimits, run_agent
+    from agents.swarm import orchestrator_loop
+
+    task = wide_task(corpus, 0, 6, ("capital",), "train", random.Random(6))
+    calls = [{"name": "create_subagent", "arguments": {"name": f"a{i}"}} for i in range(6)]
+    calls += [{"name": "assign_task", "arguments": {"agent": f"a{i}", "prompt": f"Find the capital of {c}."}}
+              for i, c in enumerate(task.entities)]
+    submit = {"content": "", "tool_calls": [{"name": "submit", "arguments": {"table": [[c, "?"] for c in task.entities]}}]}
+    replay = [assistant_body({"content": "", "tool_calls": calls}, vocab, 0)[:-1], assistant_body(submit, vocab, 12)[:-1]]
+    in_flight, most = 0, 0
+
+    async def pace():
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        in_flight -= 1
+
+    for loop, expected in ((orchestrator_loop(LoopLimits(), SwarmLimits()), 6), (LoopLimits(max_turns=6), 4)):
+        most = 0
+        episode = SwarmEpisode(corpus, SwarmLimits(), ScriptedSubAgents(corpus, pace=pace))
+        asyncio.run(run_agent(ReplayEngine(list(replay)), vocab, episode, task, loop, on_turn=episode.on_turn))
+        assert all(a.finished for a in episode.assignments) and len(episode.assignments) == 6
+        assert most == expected  # the loop's own gate (4 calls) would queue two of the six sub-agents
+
+
+def test_an_opened_page_reaches_the_orchestrator_whole(corpus, vocab):
+    from agents.swarm import PAGE_TOKENS
+
+    longest = max((p for d, p in corpus.pages.items() if d.startswith("country-")), key=lambda p: len(vocab.encode(p.text)))
+    assert len(vocab.encode(longest.text)) + 16 < PAGE_TOKENS
 
 
 def test_a_sub_agent_without_enough_steps_is_unfinished(corpus):
@@ -256,3 +294,20 @@ def test_no_search_trace_is_flagged_for_a_country_named_in_its_own_question():
 
     flagged = [i for i in range(300) if gold_leaks({"source": "search", "messages": search_trace(i, 0, i % 3)[0]})]
     assert flagged == []
+
+
+def test_the_speedup_of_the_swarm_oracle_over_the_serial_oracle_is_r_star(corpus):
+    from agents.envs.widesearch import build_tasks
+    from benchmarks.bench_parl import SWARM_BUDGETS, oracle_ladder, speedup, steps_to
+
+    tasks = build_tasks(corpus, 3, "test", 7, (6, 6), (1, 1), 0.0)
+    serial = oracle_ladder(corpus, tasks, range(1, 14), 0)
+    # m right countries of six: precision 1, recall m/6, item-F1 2m / (m + 6); one more per 2 steps
+    assert [p[1] for p in serial] == pytest.approx([0, 0, 2 / 7, 2 / 7, 4 / 8, 4 / 8, 6 / 9, 6 / 9, 8 / 10, 8 / 10,
+                                                    10 / 11, 10 / 11, 1])
+    assert steps_to(serial, 1.0) == 13 and steps_to(serial, 0.3) == 5
+    swarm = oracle_ladder(corpus, tasks, SWARM_BUDGETS, 6)
+    assert [p[1] for p in swarm] == [0.0, 1.0, 1.0, 1.0]  # budget 4 leaves no step for the submit
+    r, f1 = speedup(swarm, serial)
+    assert (r, f1) == (13 / 5, 1.0)
+    assert math.isnan(speedup([(5, 0.05, 5.0, 0.0)], serial)[0])  # nothing to match
