@@ -17,12 +17,15 @@ they would with model sub-agents; the baseline is the serial plan's wall-clock i
 Ends with `RESULT R_star_4=... R_star_8=... R_star_16=... oracle_f1=... wall_16=...`.
 
 Learning (the default; one process per run, the stage's own pieces minus torchrun):
-  1. per seed, a fresh tiny K25Model and the tiny tokenizer, warmed up by cross-entropy on
+  1. a fresh tiny K25Model and the tiny tokenizer, warmed up by cross-entropy on `--traces`
      executed traces of the scripted plans over training tasks (3-6 countries, one attribute),
      with budgets wide enough to finish: serial plans, and a minority (`--delegation-share`) of
-     delegation traces with a random fan-out k in 1..n (rows cut at the 1024-token context). The
-     warm-up teaches the tool format, not when or how widely to delegate: in the warm-up every
-     fan-out finishes.
+     delegation traces with a random fan-out k in 1..n (rows cut at 1024 tokens). The first
+     `--text-steps` put the loss on every token (the environment's text, where pages repeat each
+     country's name: a fresh model learns to copy there, which the pipeline's orchestrator has
+     from pre-training), the rest on the orchestrator's turns only. The warm-up teaches the tool
+     format, not when or how widely to delegate: in the warm-up every fan-out finishes.
+     `--warmups` distinct warm-ups (RL seed s starts from warm-up s mod that).
   2. per arm (full: lambda1 = lambda2 = 0.5; l1_0: lambda1 = 0; l2_0: lambda2 = 0; both annealed
      to 0 over half the iterations), `--iterations` PARL iterations from that same warm-up with
      the stage's code (training/parl.run_episodes, episode_figures; training/rl.prepare_batch,
@@ -293,7 +296,8 @@ def warm_up(vocab, corpus, seed: int, args):
 
     torch.manual_seed(seed)
     warm = K25Model(model_preset("tiny", vocab_size=vocab.size, max_seq_len=MAX_LEN), media_pad_id=vocab.media_pad)
-    key = f"warm-s{seed}-steps{args.warmup}-b{args.warmup_batch}-t{args.traces}-d{args.delegation_share}.pt"
+    key = (f"warm-s{seed}-steps{args.warmup}-text{args.text_steps}-b{args.warmup_batch}-t{args.traces}"
+           f"-d{args.delegation_share}.pt")
     cached = Path(args.warmup_cache) / key if args.warmup_cache else None
     if cached is not None and cached.exists():
         warm.load_state_dict(torch.load(cached))
@@ -302,7 +306,7 @@ def warm_up(vocab, corpus, seed: int, args):
     traces = warm_traces(corpus, args.traces, seed, args.delegation_share)
     t1 = time.perf_counter()
     loss = ce_train(warm, vocab, lambda rng: rng.sample(traces, args.warmup_batch), args.warmup, 3e-3, seed,
-                    max_len=WARM_LEN, clip=1.0)
+                    max_len=WARM_LEN, clip=1.0, all_token_steps=args.text_steps)
     print(f"warm-up {seed}: {args.warmup} steps on {len(traces)} traces, last loss {loss:.3f} "
           f"({time.perf_counter() - t1:.0f} s)", flush=True)
     if cached is not None:
@@ -380,8 +384,10 @@ def report(args, curves, evals, serial_oracle, swarm_oracle, r_star, r_star_16, 
     verdict = ""
     if args.subagents == "scripted":
         checks = {"R>=2": full["R"] >= 2, "realised>=0.5": full["realised"] >= 0.5,
-                  "l1_0_most_collapse": figures["l1_0"]["collapse"] >= max(f["collapse"] for f in figures.values()),
-                  "l2_0_most_spurious": figures["l2_0"]["spurious"] >= max(f["spurious"] for f in figures.values())}
+                  "l1_0_most_collapse": figures["l1_0"]["collapse"] > max(f["collapse"] for a, f in figures.items()
+                                                                          if a != "l1_0"),
+                  "l2_0_most_spurious": figures["l2_0"]["spurious"] > max(f["spurious"] for a, f in figures.items()
+                                                                          if a != "l2_0")}  # a tie shows nothing
         print("\npass bar: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in checks.items()))
         verdict = f" passed={sum(checks.values())}/{len(checks)}"
     print(f"total {seconds:.0f} s")
@@ -399,7 +405,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a short run (<= 3 minutes on 2 cores): plumbing, not a verdict")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--subagents", choices=("scripted", "model"), default="scripted")
-    p.add_argument("--warmup", type=int, default=400, help="warm-up cross-entropy steps")
+    p.add_argument("--warmup", type=int, default=1200, help="warm-up cross-entropy steps")
+    p.add_argument("--text-steps", type=int, default=600, help="first warm-up steps with the loss on every token")
     p.add_argument("--warmup-batch", type=int, default=8)
     p.add_argument("--warmups", type=int, default=3, help="distinct warm-ups; RL seed s starts from warm-up s % this")
     p.add_argument("--warmup-cache", default="", help="a directory to keep warm-up checkpoints in and read them from")
@@ -421,7 +428,8 @@ def main() -> None:
         oracle(args)
         return
     if args.quick:
-        args.seeds, args.warmups, args.warmup, args.warmup_batch, args.traces, args.iterations = 1, 1, 100, 4, 400, 3
+        args.seeds, args.warmups, args.warmup, args.text_steps, args.warmup_batch, args.traces = 1, 1, 100, 50, 4, 400
+        args.iterations = 3
         args.prompts, args.group, args.eval_tasks, args.eval_samples = 2, 4, 3, 1
     learn(args)
 

@@ -10,11 +10,13 @@ import torch
 
 
 def ce_train(model, vocab, draw_batch: Callable[[random.Random], list[list[dict]]], steps: int, lr: float,
-             seed: int, schedule: bool = True, max_len: int = 0, clip: float = 0.0) -> float:
+             seed: int, schedule: bool = True, max_len: int = 0, clip: float = 0.0,
+             all_token_steps: int = 0) -> float:
     """`steps` AdamW steps on `draw_batch(rng)` conversations each (loss on assistant turns only,
     media spliced as in training); with `schedule`, 20 warm-up steps then a linear decay to 10%;
     rows longer than `max_len` (0: no cap) keep their first `max_len` tokens (text rows only);
-    `clip` > 0 clips the gradient norm. Returns the last loss."""
+    `clip` > 0 clips the gradient norm; the first `all_token_steps` steps put the loss on every
+    token (pre-training style), not only on assistant turns. Returns the last loss."""
     from agents.chat import media_of
     from training.data import encode_conversation
 
@@ -23,9 +25,11 @@ def ce_train(model, vocab, draw_batch: Callable[[random.Random], list[list[dict]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps)
                                               if schedule else 1.0)
     loss = torch.tensor(0.0)
-    for _ in range(steps):
+    for step in range(steps):
         batch = draw_batch(rng)
         rows = [encode_conversation(c, vocab) for c in batch]
+        if step < all_token_steps:
+            rows = [(i, list(i)) for i, _ in rows]
         if max_len:
             rows = [(i[:max_len], lab[:max_len]) for i, lab in rows]
         width = max(len(i) for i, _ in rows)
