@@ -81,22 +81,27 @@ def main() -> None:
     p.add_argument("--gap", type=int, default=16, help="filler tokens between the key and its copy")
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of the tiny ModelConfig (e.g. rope_theta=100), to take the probe apart")
+    p.add_argument("--models", default="k25,ref", help="which models to train (comma-separated)")
     p.add_argument("--quick", action="store_true", help="1000 steps")
     args = p.parse_args()
     if args.quick:
         args.steps = min(args.steps, 1000)
+    overrides = {k: type(getattr(model_preset("tiny"), k))(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     curves = {}
-    for name in ("k25", "ref"):
+    for name in args.models.split(","):
         torch.manual_seed(args.seed)
-        model = (K25Model(model_preset("tiny", vocab_size=VOCAB, max_seq_len=2048), media_pad_id=10) if name == "k25"
-                 else PlainTransformer())
+        model = (K25Model(model_preset("tiny", vocab_size=VOCAB, max_seq_len=2048, **overrides), media_pad_id=10)
+                 if name == "k25" else PlainTransformer())
         t0 = time.perf_counter()
         curves[name] = train(model, args.steps, args.gap, args.every, args.seed)
         print(f"{name}: accuracy by step {[(s, round(a, 2)) for s, a in curves[name]]} ({time.perf_counter() - t0:.0f} s)",
               flush=True)
-    k25, ref = steps_to(curves["k25"]), steps_to(curves["ref"])
-    print(f"RESULT k25_steps_to_copy={k25:.0f} ref_steps_to_copy={ref:.0f} ratio={k25 / ref:.2f} "
-          f"k25_final_acc={curves['k25'][-1][1]:.3f} ref_final_acc={curves['ref'][-1][1]:.3f} gap={args.gap}")
+    figures = " ".join(f"{n}_steps_to_copy={steps_to(c):.0f} {n}_final_acc={c[-1][1]:.3f}" for n, c in curves.items())
+    if {"k25", "ref"} <= set(curves):
+        figures += f" ratio={steps_to(curves['k25']) / steps_to(curves['ref']):.2f}"
+    print(f"RESULT {figures} gap={args.gap}" + "".join(f" {kv}" for kv in args.set))
 
 
 if __name__ == "__main__":
