@@ -155,9 +155,10 @@ def train_arm(model, vocab, corpus, lambdas: tuple[float, float], subagents, see
     from agents.envs.widesearch import build_tasks
     from agents.loop import LoopLimits
     from agents.swarm import SwarmLimits, annealed
+    from benchmarks.harness import rl_updates
     from training.muonclip import MuonClip, muon_param_groups
     from training.parl import episode_figures, run_episodes
-    from training.rl import policy_loss, prepare_batch
+    from training.rl import prepare_batch
     from training.spec import RLConfig
 
     cfg = RLConfig(prompts_per_step=args.prompts, group_size=args.group, max_new_tokens=args.max_new_tokens,
@@ -178,11 +179,7 @@ def train_arm(model, vocab, corpus, lambdas: tuple[float, float], subagents, see
         curve.append({k: sum(f[k] for f in flat) / len(flat) for k in flat[0]})
         prepared = prepare_batch([[r.trajectory for r, _ in g] for g in groups],
                                  [[f["reward"] for f in g] for g in figures], cfg, vocab.pad, model)
-        for _ in range(cfg.updates_per_rollout):
-            loss, _ = policy_loss(model, prepared, cfg, max(prepared.count, 1.0))  # one rank: its own count
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        rl_updates(model, opt, prepared, cfg)
         engine.update_weights(it + 1)
     return curve
 

@@ -84,10 +84,11 @@ def run_seed(vocab, seed: int, task: str, iterations: int, warmup_steps: int, pr
              lr: float, data_root: str, digits: str = "01") -> list[float]:
     """Mean reward per RL iteration."""
     from agents.engine import BatchingEngine
+    from benchmarks.harness import rl_updates
     from model.config import model_preset
     from model.multimodal import K25Model
     from training.muonclip import MuonClip, muon_param_groups
-    from training.rl import policy_loss, prepare_batch
+    from training.rl import prepare_batch
     from training.rollout import RolloutSettings, collect
     from training.spec import RLConfig
 
@@ -110,11 +111,7 @@ def run_seed(vocab, seed: int, task: str, iterations: int, warmup_steps: int, pr
         rewards = [[s.score.value for s in g] for g in groups]
         curve.append(sum(map(sum, rewards)) / (prompts * group))
         prepared = prepare_batch(groups, rewards, cfg, vocab.pad, model)
-        for _ in range(cfg.updates_per_rollout):
-            loss, _ = policy_loss(model, prepared, cfg, max(prepared.count, 1.0))  # one rank: its own count
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        rl_updates(model, opt, prepared, cfg)
         engine.update_weights(it + 1)
     return curve
 

@@ -44,3 +44,15 @@ def ce_train(model, vocab, draw_batch: Callable[[random.Random], list[list[dict]
         opt.step()
         sched.step()
     return float(loss.detach())
+
+
+def rl_updates(model, opt, prepared, cfg) -> None:
+    """`cfg.updates_per_rollout` Eq. 1 steps on one prepared rollout batch, in one process (the
+    denominator is this process's own token count, as one rank's would be)."""
+    from training.rl import policy_loss
+
+    for _ in range(cfg.updates_per_rollout):
+        loss, _ = policy_loss(model, prepared, cfg, max(prepared.count, 1.0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
