@@ -120,12 +120,13 @@ def timed_step(fwd, model: torch.nn.Module, backward: bool):
     return step
 
 
-def report(what: str, fwds: dict, models: dict, tokens: int, rounds: int, backward: bool) -> None:
+def report(what: str, fwds: dict, models: dict, tokens: int, rounds: int, backward: bool) -> float:
     mode = "forward+backward" if backward else "forward"
     steps = {name: timed_step(fwds[name], models[name], backward) for name in fwds}
     r = median_tokens_per_s(steps, tokens, rounds)
     print(f"{what} {mode} tokens/s ours={r['ours']:.0f} reference={r['reference']:.0f} "
           f"ratio={r['ours'] / r['reference']:.2f}")
+    return r['ours'] / r['reference']
 
 
 def main() -> None:
@@ -141,7 +142,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--yarn", type=float, default=1.0, help="YaRN factor (context extended from seq / factor)")
     p.add_argument("--no-backward", action="store_true")
+    p.add_argument("--quick", action="store_true", help="seq 256, 2 rounds (well under 3 minutes on 2 cores)")
     args = p.parse_args()
+    if args.quick:
+        args.seq, args.rounds = min(args.seq, 256), min(args.rounds, 2)
 
     # Tiny gradients (softmax over the vocab) underflow to denormals, which are 10-20x slower on
     # CPU for both models alike and absent on GPU: flush them, as CPU training would.
@@ -157,7 +161,7 @@ def main() -> None:
     theirs = reference_model(ours)
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     with torch.no_grad():
-        diff = (ours.forward_embeddings(ours.embed(tokens)) - theirs(tokens).logits).abs().max().item()
+        diff = diff_logits = (ours.forward_embeddings(ours.embed(tokens)) - theirs(tokens).logits).abs().max().item()
     print(f"config dim={args.dim} layers={args.layers} heads={args.heads} experts={args.experts} "
           f"top_k={args.top_k} seq={args.seq} batch={args.batch} threads={torch.get_num_threads()} flush_denormal=on "
           f"max_abs_logit_diff={diff:.2e}")
@@ -177,11 +181,14 @@ def main() -> None:
         diff = (attn_fwds["ours"]() - attn_fwds["reference"]()).abs().max().item()
     print(f"attention max_abs_diff={diff:.2e}")
     n = tokens.numel()
+    ratios = {}
     for backward in (False, True):
         if backward and args.no_backward:
             continue
-        report("attention", attn_fwds, attn, n, args.rounds, backward)
-        report("backbone", fwds, models, n, args.rounds, backward)
+        mode = "fwd_bwd" if backward else "fwd"
+        ratios[f"attention_{mode}_ratio"] = report("attention", attn_fwds, attn, n, args.rounds, backward)
+        ratios[f"backbone_{mode}_ratio"] = report("backbone", fwds, models, n, args.rounds, backward)
+    print("RESULT " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()) + f" max_abs_logit_diff={diff_logits:.2e}")
 
 
 if __name__ == "__main__":

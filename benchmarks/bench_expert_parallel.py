@@ -55,6 +55,8 @@ def _worker(rank: int, init_file: str, args) -> None:
         tok = 2 * args.tokens
         print(f"moe fwd+bwd tokens/s (2 ranks) single-process-experts={tok / s:.0f} expert-parallel={tok / e:.0f} "
               f"ratio={s / e:.2f}  (max abs output diff {err:.2g})")
+        print(f"RESULT ep_speedup={s / e:.2f} ep_tokens_per_s={tok / e:.0f} single_tokens_per_s={tok / s:.0f} "
+              f"max_abs_diff={err:.2g}")
     dist.destroy_process_group()
 
 
@@ -66,7 +68,10 @@ def main() -> None:
     p.add_argument("--expert-dim", type=int, default=256)
     p.add_argument("--tokens", type=int, default=2048, help="tokens per rank")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="1024 tokens per rank, 3 rounds")
     args = p.parse_args()
+    if args.quick:
+        args.tokens, args.rounds = min(args.tokens, 1024), min(args.rounds, 3)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as d:
         mp.spawn(_worker, args=(os.path.join(d, "init"), args), nprocs=2, join=True)

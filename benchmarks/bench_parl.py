@@ -405,7 +405,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1200, help="warm-up cross-entropy steps")
     p.add_argument("--text-steps", type=int, default=600, help="first warm-up steps with the loss on every token")
     p.add_argument("--warmup-batch", type=int, default=8)
-    p.add_argument("--warmups", type=int, default=3, help="distinct warm-ups; RL seed s starts from warm-up s % this")
+    p.add_argument("--warmups", type=int, default=3, help="distinct warm-ups; RL seed s starts from warm-up s mod this")
     p.add_argument("--warmup-cache", default="", help="a directory to keep warm-up checkpoints in and read them from")
     p.add_argument("--traces", type=int, default=4000, help="distinct warm-up traces (a few hundred get memorised, which teaches no copying)")
     p.add_argument("--delegation-share", type=float, default=0.4, help="warm-up traces that delegate (random fan-out)")

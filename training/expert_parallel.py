@@ -27,14 +27,13 @@ the model) receive only the local loss's gradient and are all-reduced over the w
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.backbone import MoE, SwiGLU, grouped_matmul
+from model.backbone import MoE, SwiGLU, expert_weights, grouped_matmul
 
 EXPERT_PARAM_NAMES = ("w_gate", "w_up", "w_down")
 
@@ -91,10 +90,7 @@ class ExpertParallelMoE(MoE):
         self.expert_start = self.ep_rank * self.n_local
         self.router = nn.Linear(dim, n_experts, bias=False)
         self.register_buffer("expert_bias", torch.zeros(n_experts), persistent=True)
-        std = 1.0 / math.sqrt(dim)
-        self.w_gate = nn.Parameter(torch.randn(self.n_local, dim, expert_dim) * std)
-        self.w_up = nn.Parameter(torch.randn(self.n_local, dim, expert_dim) * std)
-        self.w_down = nn.Parameter(torch.randn(self.n_local, expert_dim, dim) / math.sqrt(expert_dim))
+        self.w_gate, self.w_up, self.w_down = expert_weights(self.n_local, dim, expert_dim)
         self.mark_expert_params()  # marker for the engine's gradient sync / clipping
         self.shared = SwiGLU(dim, expert_dim * n_shared_experts)
         self.last_load: torch.Tensor | None = None  # global tokens per expert (over the EP group)
