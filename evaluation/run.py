@@ -6,8 +6,8 @@
 
 Text suites (evaluation/suites.py) are generated with the K2.5 chat template, batched through the
 model's latent KV cache, with the spec's sampling settings (evaluation/config.py) and avg@k
-samples per prompt; answers are extracted and scored by evaluation/scorers.py, HumanEval programs
-run in agents/sandbox.py. Vision suites (evaluation/vision_suites.py, substitutes built by this
+samples per prompt; math answers are graded by Math-Verify (agents/rewards/math.py), MMLU letters read by
+evaluation/scorers.py, HumanEval checks run in agents/sandbox.py. Vision suites (evaluation/vision_suites.py, substitutes built by this
 project) are multiple choice scored by likelihood. Rank 0 gathers every per-example record into
 `records.parquet`, writes `report.md` and `accuracy.png`, logs metrics to MLflow and reports them to
 Dagster through Pipes.

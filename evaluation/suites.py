@@ -21,7 +21,8 @@ is preferred when present). A missing file raises `SuiteDataMissing` naming the 
 Prompts
 -------
 - math suites: the problem, a blank line, and `MATH_INSTRUCTION` (step-by-step reasoning, final
-  answer in `\\boxed{}`); the scorer also accepts GSM8K's `#### N` and "the answer is N".
+  answer in `\\boxed{}`); graded by Math-Verify (`agents.rewards.math.math_score`, the RL rewards'
+  grader), which also reads "the answer is N", `**Final Answer:** $N$` and GSM8K's `#### N`.
 - mmlu: the standard 5-shot prompt: "The following are multiple choice questions (with answers)
   about <subject>.", the five dev questions of the subject each followed by "Answer: X", then the
   test question ending in "Answer:".
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from agents.rewards.math import math_score
 from evaluation import scorers
 
 __all__ = ["Example", "SuiteSpec", "SUITES", "SuiteDataMissing", "MATH_INSTRUCTION", "default_data_root",
@@ -262,8 +264,9 @@ def score(example: Example, output: str | None, *, timeout_s: float = 10, memory
     `timeout_s` and `memory_mb` are the sandbox limits of a code check."""
     output = output or ""
     if example.kind == "math":
-        extracted = scorers.extract_answer(output)
-        return {"extracted": extracted, "score": float(scorers.math_equal(extracted, example.reference))}
+        graded = math_score(output, example.reference)  # Math-Verify, the grader of the RL rewards too
+        extracted = None if graded.extracted is None else str(graded.extracted)
+        return {"extracted": extracted, "score": graded.value}
     if example.kind == "choice":
         extracted = scorers.extract_choice(output, len(MMLU_CHOICES))
         return {"extracted": extracted, "score": float(extracted == example.reference)}
@@ -313,8 +316,10 @@ def wrong_output(example: Example) -> str:
     if example.kind == "choice":
         wrong = MMLU_CHOICES[(MMLU_CHOICES.index(example.reference) + 1) % len(MMLU_CHOICES)]
         return f"Answer: {wrong}"
-    value = scorers.numeric_value(example.reference)
-    wrong = _format_number(value + 1) if value is not None else f"{example.reference} + 1"
+    try:  # integers, decimals and a/b references get a neighbouring number
+        wrong = _format_number(Fraction(example.reference.replace(",", "")) + 1)
+    except (ValueError, ZeroDivisionError):
+        wrong = r"\text{no such answer}"
     return f"Working through the problem step by step.\n\nThe final answer is $\\boxed{{{wrong}}}$."
 
 

@@ -3,13 +3,16 @@
 Math goes to Math-Verify (HuggingFace's maintained grader) rather than a parser of our own: it
 reads `**Final Answer:** $9$`, `The answer is **18**.`, `\\boxed{\\frac12}` and sets, and it
 compares symbolically. Its parse and verify take a SIGALRM timeout, which only the main thread
-may arm; elsewhere (a Dagster worker thread) the response length bound of base.py is the guard.
+may arm; elsewhere (a Dagster worker thread) `math_score` grades in a helper process.
 """
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import re
 import threading
+from concurrent.futures import ProcessPoolExecutor
 
 from math_verify import parse, verify
 
@@ -26,7 +29,8 @@ def _gold(reference: str) -> list:
     ref = str(reference).strip()
     if not ref:
         raise ValueError("a math reference must not be empty")
-    return parse(ref if ("$" in ref or "\\boxed" in ref) else f"${ref}$", parsing_timeout=_timeout())
+    delimited = re.search(r"(?<!\\)\$", ref) or "\\boxed" in ref  # `\$36` is a dollar sign, not math mode
+    return parse(ref if delimited else f"${ref}$", parsing_timeout=_timeout())
 
 
 def math_answer(response: str) -> list:
@@ -42,6 +46,21 @@ def math_answer(response: str) -> list:
 
 
 def math_score(response: str, reference: str) -> Score:
+    """Math-Verify's verdict on the response's answer against `reference`, always under Math-Verify's
+    own timeouts: off the main thread (a Dagster worker, a scoring thread pool), where SIGALRM
+    cannot be armed, the grading runs in a helper process's main thread instead; a short answer
+    such as `9^{9^{9^{9}}}` would otherwise hang the caller."""
+    if threading.current_thread() is threading.main_thread():
+        return _math_score(response, reference)
+    return _grader_process().submit(_math_score, response, reference).result()
+
+
+@functools.cache
+def _grader_process() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _math_score(response: str, reference: str) -> Score:
     pred = math_answer(response)
     if not pred:
         return ZERO

@@ -11,7 +11,7 @@ import pytest
 # CI clones the repository with shared/ as its sibling; K25_DATA_ROOT overrides
 from helpers import DATA_ROOT
 
-from evaluation import scorers
+from agents.rewards.math import math_score
 from evaluation.suites import (
     SUITES,
     Example,
@@ -97,8 +97,7 @@ def test_math500_gold_solutions_agree_with_the_answers(loaded):
     """The scorer reads the dataset's own worked solutions (their last \\boxed{}) as equal to the
     answer field for every problem: real formats, not only the oracle's."""
     examples = suite("math500", loaded)
-    disagree = [ex.id for ex in examples
-                if not scorers.math_equal(scorers.extract_answer(ex.meta["solution"]), ex.reference)]
+    disagree = [ex.id for ex in examples if not math_score(ex.meta["solution"], ex.reference).correct]
     assert disagree == []
 
 
