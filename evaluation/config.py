@@ -11,6 +11,8 @@ Values the recipe leaves open [not stated] and chosen here: the sandbox limits f
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from infra.spec import Block
@@ -46,6 +48,12 @@ class EvalConfig(Block):
     """Address-space limit of one HumanEval program [not stated]."""
     seed: int = 0
     """Seeds sampling."""
+    mode: Literal["auto", "base", "chat"] = "auto"
+    """How text suites ask: "base" = lm-evaluation-harness style (MMLU by log-likelihood, few-shot
+    generation with stop sequences; evaluation/base_mode.py), "chat" = the chat template and an
+    instruction, "auto" = base for the checkpoints of `base_stages`, chat for the others."""
+    base_stages: tuple[str, ...] = ("vit_warmup", "joint_pretrain", "midtrain")
+    """Stages whose checkpoints are base models (mode "auto")."""
     agent_suites: tuple[str, ...] = AGENT_SUITES
     """Suites run through the agent loop with real tools (evaluation/agent_suites.py)."""
     agent_stages: tuple[str, ...] = ("sft", "rl", "parl")
@@ -65,6 +73,12 @@ class EvalConfig(Block):
 
     def samples_for(self, suite: str) -> int:
         return parse_samples(self.samples_per_suite).get(suite, self.samples)
+
+    def mode_for(self, stage: str) -> str:
+        """"base" or "chat" for a checkpoint of `stage`."""
+        if self.mode != "auto":
+            return self.mode
+        return "base" if stage in self.base_stages else "chat"
 
     @model_validator(mode="after")
     def _check(self):

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from agents.chat import render
+from evaluation import base_mode
 from evaluation import suites as text_suites
 from evaluation import vision_suites
 from evaluation.agent_suites import PRIMARY_ARM
@@ -175,7 +176,13 @@ def summarize(df: pd.DataFrame, cfg: EvalConfig) -> dict[str, float]:
     return out
 
 
-def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig) -> tuple[str, bytes]:
+MODE_TEXT = {
+    "base": "a base model: MMLU by log-likelihood of each option, few-shot generation with stop sequences",
+    "chat": "a post-trained model: the chat template and an instruction, answers extracted from the reply",
+}
+
+
+def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig, mode: str = "chat") -> tuple[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,7 +209,8 @@ def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig) -> tuple[s
         rows.append(f"| {suite} | {kind} | {int(metrics[f'{suite}/n'])} | {int(metrics[f'{suite}/samples'])} | "
                     f"{metrics[f'{suite}/accuracy']:.4f}{extra} |")
     settings = f"temperature {cfg.temperature}, top-p {cfg.top_p}, max new tokens {cfg.max_new_tokens}"
-    md = (f"Checkpoint `{ckpt_uri}`; sampling: {settings}\n\n| suite | kind | examples | samples (avg@k) | accuracy |\n"
+    asked = (MODE_TEXT["base"] if mode == "base" else MODE_TEXT["chat"])
+    md = (f"Checkpoint `{ckpt_uri}`; sampling: {settings}\n\nMode: **{mode}** ({asked})\n\n| suite | kind | examples | samples (avg@k) | accuracy |\n"
           "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     if "ipython_tools/well_formed" in metrics:
         figures = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("ipython_tools/")
@@ -236,6 +244,9 @@ def main(argv=None) -> None:
         cfg = spec.evaluation
         manifest, mixture = spec.checkpoint.verify(), spec.mixture.verify()
         work = load_work(cfg, args.data_root or default_data_root())
+        mode = cfg.mode_for(spec.checkpoint.stage)  # base or chat: how the text suites ask
+        needs_shots = mode == "base" and any(s in TEXT_SUITES and s not in ("mmlu", "humaneval") for s in work)
+        shots = base_mode.load_shots(args.data_root or default_data_root()) if needs_shots else {}
     except (SpecError, MissingReference, FileNotFoundError, ValueError) as e:
         fail(str(e))
     rank, world, device = compute_init()
@@ -246,7 +257,11 @@ def main(argv=None) -> None:
     records = []
     for suite, examples in work.items():
         mine = examples[rank::world]
-        if suite in TEXT_SUITES:
+        if suite in TEXT_SUITES and mode == "base" and suite == "mmlu":
+            records += base_mode.eval_choice_by_likelihood(model, vocab, suite, mine, model.cfg.max_seq_len, device)
+        elif suite in TEXT_SUITES and mode == "base":
+            records += base_mode.eval_generation(model, vocab, suite, mine, cfg, shots, generator)
+        elif suite in TEXT_SUITES:
             records += eval_text_suite(model, vocab, suite, mine, cfg, generator)
         else:
             records += eval_vision_suite(model, vocab, suite, mine, device)
@@ -268,6 +283,7 @@ def main(argv=None) -> None:
     if rank == 0:
         df = pd.DataFrame(records)
         metrics = summarize(df, cfg)
+        metrics["mode"] = float(mode == "base")  # 0 = chat, 1 = base (report.md says it in words)
         if "ipython_tools" in agent:
             from evaluation.agent_suites import summarize_ipython_tools
 
@@ -279,7 +295,7 @@ def main(argv=None) -> None:
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
         storage.write_bytes(storage.join(spec.out, "records.parquet"), buf.getvalue())
-        md, png = report(metrics, spec.checkpoint.uri, cfg)
+        md, png = report(metrics, spec.checkpoint.uri, cfg, mode)
         storage.write_text(storage.join(spec.out, "report.md"), md)
         storage.write_bytes(storage.join(spec.out, "accuracy.png"), png)
         # Logged against the evaluated LoggedModel too: its MLflow page lists this evaluation.

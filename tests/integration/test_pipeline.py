@@ -326,6 +326,8 @@ def test_evaluation_of_a_stage_is_reported_compared_with_its_own_previous_one_an
     for suite in EVAL_SUITES:
         assert md[f"{suite}/n"] == 4 and 0.0 <= md[f"{suite}/accuracy"] <= 1.0
     assert "| humaneval | benchmark | 4 |" in md["report_md"]
+    # a pre-trained checkpoint is scored as a base model: MMLU by log-likelihood, few-shot generation
+    assert md["mode"] == 1.0 and "Mode: **base**" in md["report_md"]
     assert md["accuracy_chart"].startswith("![accuracy of joint_pretrain](data:image/png;base64,")
     # like with like: both checkpoints are named, both of this stage
     comparison = md["comparison"]
