@@ -9,8 +9,9 @@ Multiple choice (`extract_choice`)
 ----------------------------------
 Convention: the LAST explicit statement wins (reasoning often mentions other options first):
 a boxed letter, then the last "Answer: C" / "the answer is (C)" / "the correct option is C",
-then an output that is only a letter ("C", "(C)", "C."), then a leading "C." / "C)" before an
-explanation, then the last "(C)", then the last stand-alone capital letter. Letters inside words never count, a
+or a stated choice ("A is correct", "I choose b."), then an output that is only a letter ("C", "(C)", "C."), then a leading "C." / "C)" before an
+explanation, then the last "(C)", then the option whose text the output states (given the
+options), then the last stand-alone capital letter. Letters inside words never count, a
 capital "A" followed by a lower-case word is read as the article, lower-case letters count only
 in explicit statements, and a letter outside the first `n_choices` is ignored.
 """
@@ -28,8 +29,9 @@ __all__ = ["extract_choice"]
 # multiple choice
 
 
-def extract_choice(text: str | None, n_choices: int = 4) -> str | None:
-    """The chosen option letter ("A".."J") in a model output, or None (see the module docstring)."""
+def extract_choice(text: str | None, n_choices: int = 4, choices: list[str] | None = None) -> str | None:
+    """The chosen option letter ("A".."J") in a model output, or None (see the module docstring).
+    `choices`: the options' texts, so that an answer given as the option text is read too."""
     if not text or not 1 <= n_choices <= 10:
         return None
     letters = "ABCDEFGHIJ"[:n_choices]
@@ -43,9 +45,14 @@ def extract_choice(text: str | None, n_choices: int = 4) -> str | None:
                           rf"\s*\**\s*[:：]?\s*\**\s*(?:\\boxed\{{|\\text\{{)?"
                           rf"(\(([{letters}{letters.lower()}])\)|([{letters}])(?![\w'’-])|"
                           rf"([{letters.lower()}])(?=\s*[.,;:!?)*]|\s*$))")
-    found = [m for m in explicit.finditer(text) if _explicit_letter(m, letters)]
+    # "A is correct", "B is the right answer", "I choose b.", "I'd go with (C)"
+    stated = re.compile(rf"(?<![\w'’-])\(?([{letters}{letters.lower()}])\)?\s+is\s+(?:the\s+)?(?i:correct|right)\b"
+                        rf"|(?i:\b(?:choose|pick|select|go\s+with))\s+(?:option\s+)?\(?([{letters}{letters.lower()}])\)?(?![\w'’-])")
+    found = [(m.start(), _explicit_letter(m, letters)) for m in explicit.finditer(text)]
+    found += [(m.start(), (m.group(1) or m.group(2)).upper()) for m in stated.finditer(text)]
+    found = sorted((pos, letter) for pos, letter in found if letter)
     if found:
-        return _explicit_letter(found[-1], letters)
+        return found[-1][1]
     bare = re.fullmatch(rf"[\s*]*\(?([{letters}])\)?[.:]?[\s*]*", text)
     if bare:
         return bare.group(1)
@@ -55,6 +62,9 @@ def extract_choice(text: str | None, n_choices: int = 4) -> str | None:
     paren = re.findall(rf"\(([{letters}])\)", text)
     if paren:
         return paren[-1]
+    named = _option_named(text, choices, letters) if choices else None
+    if named:
+        return named
     for m in reversed(list(re.finditer(rf"(?<![\w'’-])([{letters}])(?![\w'’-])", text))):
         if m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end():]):
             continue  # "A train leaves ...": the article
@@ -69,3 +79,18 @@ def _explicit_letter(m: re.Match, letters: str) -> str | None:
         return None
     letter = letter.upper()
     return letter if letter in letters else None
+
+
+def _words(s: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", s.lower()).split())
+
+
+def _option_named(text: str, choices: list[str], letters: str) -> str | None:
+    """The option whose text the output states (whole words, case and punctuation ignored); the
+    latest mention wins, and an option whose text lies inside another stated option's does not count."""
+    said = f" {_words(text)} "
+    options = {letter: _words(str(option)) for letter, option in zip(letters, choices)}
+    stated = {letter: o for letter, o in options.items() if o and f" {o} " in said}
+    stated = {letter: o for letter, o in stated.items()
+              if not any(o != other and f" {o} " in f" {other} " for other in stated.values())}
+    return max(stated, key=lambda k: said.rfind(f" {stated[k]} ") + len(stated[k])) if stated else None

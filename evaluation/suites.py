@@ -268,7 +268,7 @@ def score(example: Example, output: str | None, *, timeout_s: float = 10, memory
         extracted = None if graded.extracted is None else str(graded.extracted)
         return {"extracted": extracted, "score": graded.value}
     if example.kind == "choice":
-        extracted = scorers.extract_choice(output, len(MMLU_CHOICES))
+        extracted = scorers.extract_choice(output, len(MMLU_CHOICES), example.meta.get("choices"))
         return {"extracted": extracted, "score": float(extracted == example.reference)}
     if example.kind == "code":
         from agents.sandbox import check_humaneval

@@ -46,3 +46,23 @@ def test_extract_choice_respects_n_choices():
     assert extract_choice("Answer: E", 5) == "E"
     assert extract_choice("Answer: C", 2) is None
     assert extract_choice("(J)", 10) == "J"
+
+
+OPTIONS = ["Paris", "Lyon", "Marseille", "New Paris"]
+STATED = [
+    ("A is correct", "A"),
+    ("I think C is the right answer.", "C"),
+    ("I choose b.", "B"),
+    ("I'd go with (D)", "D"),
+    ("Option A is wrong. B is correct.", "B"),
+    # the option text, when no letter is named
+    ("The capital of France is Paris.", "A"),
+    ("It is marseille, not lyon... actually Lyon", "B"),
+    ("New Paris", "D"),  # "Paris" inside the longer stated option does not count
+    ("none of these", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", STATED)
+def test_extract_choice_reads_stated_choices_and_option_texts(text, expected):
+    assert extract_choice(text, 4, OPTIONS) == expected
