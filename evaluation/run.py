@@ -25,9 +25,8 @@ import torch
 import torch.distributed as dist
 
 from agents.chat import render
-from evaluation import base_mode
+from evaluation import base_mode, vision_suites
 from evaluation import suites as text_suites
-from evaluation import vision_suites
 from evaluation.agent_suites import PRIMARY_ARM
 from evaluation.config import TEXT_SUITES, VISION_SUITES, EvalConfig
 from infra import storage
@@ -137,8 +136,16 @@ def eval_text_suite(model: K25Model, vocab: Vocab, suite: str, examples: list, c
             scored = text_suites.score(ex, text, timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb)
             records.append({"suite": suite, "id": ex.id, "sample": sample, "prompt": ex.prompt, "output": text,
                             "extracted": str(scored.get("extracted")), "reference": str(ex.reference),
-                            "score": float(scored["score"]), "prompt_tokens": len(prompt), "output_tokens": len(out)})
+                            "score": float(scored["score"]), "prompt_tokens": len(prompt), "output_tokens": len(out),
+                            "chance": chance_of(ex)})
     return records
+
+
+def chance_of(example) -> float:
+    """The expected score of a uniform guess: 1/options for multiple choice, 0 for open answers."""
+    if example.kind == "choice":
+        return 1.0 / len(text_suites.MMLU_CHOICES)
+    return 0.0
 
 
 @torch.no_grad()
@@ -148,12 +155,27 @@ def eval_vision_suite(model: K25Model, vocab: Vocab, suite: str, examples: list,
         r = vision_suites.score_by_likelihood(model, vocab, ex, device)
         records.append({"suite": suite, "id": ex.id, "sample": 0, "prompt": ex.context_text,
                         "output": ex.choices[r["pred"]], "extracted": str(r["pred"]), "reference": str(ex.answer),
-                        "score": r["score"], "prompt_tokens": 0, "output_tokens": 0})
+                        "score": r["score"], "prompt_tokens": 0, "output_tokens": 0,
+                        "chance": 1.0 / len(ex.choices)})
     return records
 
 
 # ----------------------------------------------------------------------------------------------
 # summary and report
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_ci(per_example: np.ndarray, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over examples (examples resampled with
+    replacement, a fixed seed so that a report is reproducible)."""
+    if len(per_example) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = per_example[rng.integers(0, len(per_example), (BOOTSTRAP_RESAMPLES, len(per_example)))].mean(1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
 
 def summarize(df: pd.DataFrame, cfg: EvalConfig) -> dict[str, float]:
     """Per suite: accuracy = avg@k (mean over samples, then over examples), n = examples; for
@@ -163,6 +185,9 @@ def summarize(df: pd.DataFrame, cfg: EvalConfig) -> dict[str, float]:
         per_example = part.groupby("id")["score"].mean()
         out[f"{suite}/accuracy"] = float(per_example.mean())
         out[f"{suite}/n"] = float(len(per_example))
+        out[f"{suite}/ci_low"], out[f"{suite}/ci_high"] = bootstrap_ci(per_example.to_numpy())
+        if "chance" in part and part["chance"].notna().all():
+            out[f"{suite}/chance"] = float(part.groupby("id")["chance"].mean().mean())
         out[f"{suite}/samples"] = float(cfg.samples_for(suite) if suite in TEXT_SUITES else 1)
         if "arm" in part and part["arm"].notna().any():  # agent suites: accuracy is the primary arm's
             tool = part[part["arm"] == PRIMARY_ARM[suite]].groupby("id")["score"].mean()
@@ -206,12 +231,15 @@ def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig, mode: str 
                 "agent, held-out image tasks" if suite == "ipython_tools" else
                 "agent swarm, held-out search tasks (item-F1)" if suite == "widesearch_local" else "benchmark")
         extra = f" (pass@1 {metrics[f'{suite}/pass@1']:.4f})" if f"{suite}/pass@1" in metrics else ""
+        ci = (f"[{metrics[f'{suite}/ci_low']:.3f}, {metrics[f'{suite}/ci_high']:.3f}]"
+              if f"{suite}/ci_low" in metrics else "n/a")
+        chance = f"{metrics[f'{suite}/chance']:.3f}" if metrics.get(f"{suite}/chance") else "-"
         rows.append(f"| {suite} | {kind} | {int(metrics[f'{suite}/n'])} | {int(metrics[f'{suite}/samples'])} | "
-                    f"{metrics[f'{suite}/accuracy']:.4f}{extra} |")
+                    f"{metrics[f'{suite}/accuracy']:.4f}{extra} | {ci} | {chance} |")
     settings = f"temperature {cfg.temperature}, top-p {cfg.top_p}, max new tokens {cfg.max_new_tokens}"
     asked = (MODE_TEXT["base"] if mode == "base" else MODE_TEXT["chat"])
-    md = (f"Checkpoint `{ckpt_uri}`; sampling: {settings}\n\nMode: **{mode}** ({asked})\n\n| suite | kind | examples | samples (avg@k) | accuracy |\n"
-          "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    md = (f"Checkpoint `{ckpt_uri}`; sampling: {settings}\n\nMode: **{mode}** ({asked})\n\n| suite | kind | examples | samples (avg@k) | accuracy | 95% CI (bootstrap) | chance |\n"
+          "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     if "ipython_tools/well_formed" in metrics:
         figures = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("ipython_tools/")
                    and not k.endswith(("/n", "/samples"))}
@@ -229,6 +257,13 @@ def report(metrics: dict[str, float], ckpt_uri: str, cfg: EvalConfig, mode: str 
     return md, buf.getvalue()
 
 
+def mlflow_name(key: str) -> str:
+    """MLflow metric name of a summary key; vision substitutes carry `substitute_` so that no chart
+    or comparison in MLflow passes them off as the published benchmarks."""
+    name = key.replace("/", "_").replace("@", "_at_")
+    return f"substitute_{name}" if key.split("/")[0] in VISION_SUITES else name
+
+
 def gather(records: list[dict], world: int) -> list[dict]:
     if world == 1:
         return records
@@ -237,20 +272,10 @@ def gather(records: list[dict], world: int) -> list[dict]:
     return [r for part in parts for r in part]
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:  # everything cheap is checked before the process group and the model exist
-        spec = resolve_spec(args)
-        cfg = spec.evaluation
-        manifest, mixture = spec.checkpoint.verify(), spec.mixture.verify()
-        work = load_work(cfg, args.data_root or default_data_root())
-        mode = cfg.mode_for(spec.checkpoint.stage)  # base or chat: how the text suites ask
-        needs_shots = mode == "base" and any(s in TEXT_SUITES and s not in ("mmlu", "humaneval") for s in work)
-        shots = base_mode.load_shots(args.data_root or default_data_root()) if needs_shots else {}
-    except (SpecError, MissingReference, FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    rank, world, device = compute_init()
-    reporter = Reporter(rank, "evaluation", args.tracking_uri, args.mlflow_run_id)
+def evaluate(spec: EvalSpec, args, work: dict[str, list], mode: str, shots: dict[str, str], manifest: dict,
+             mixture, reporter: Reporter, rank: int, world: int, device) -> None:
+    """Score every suite on this rank, gather, and (rank 0) write the report and log it."""
+    cfg = spec.evaluation
     vocab = load_vocab(mixture)
     model = checkpoint.load_model(spec.checkpoint, device, manifest=manifest).eval()
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
@@ -299,8 +324,7 @@ def main(argv=None) -> None:
         storage.write_text(storage.join(spec.out, "report.md"), md)
         storage.write_bytes(storage.join(spec.out, "accuracy.png"), png)
         # Logged against the evaluated LoggedModel too: its MLflow page lists this evaluation.
-        reporter.metrics(0, {k.replace("/", "_").replace("@", "_at_"): v for k, v in metrics.items()},
-                         model_id=spec.checkpoint.model_id)
+        reporter.metrics(0, {mlflow_name(k): v for k, v in metrics.items()}, model_id=spec.checkpoint.model_id)
         if reporter.tracker and reporter.run_id:
             client = reporter.tracker.client
             client.log_text(reporter.run_id, md, "report.md")
@@ -311,6 +335,27 @@ def main(argv=None) -> None:
         reporter.finish({"report_md": md, "accuracy_png_uri": storage.join(spec.out, "accuracy.png"), "report_uri": spec.out,
                          "records_uri": storage.join(spec.out, "records.parquet"),
                          "evaluated_checkpoint": spec.checkpoint.uri, **metrics}, storage.sha256_bytes(buf.getvalue()))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:  # everything cheap is checked before the process group and the model exist
+        spec = resolve_spec(args)
+        cfg = spec.evaluation
+        manifest, mixture = spec.checkpoint.verify(), spec.mixture.verify()
+        work = load_work(cfg, args.data_root or default_data_root())
+        mode = cfg.mode_for(spec.checkpoint.stage)  # base or chat: how the text suites ask
+        needs_shots = mode == "base" and any(s in TEXT_SUITES and s not in ("mmlu", "humaneval") for s in work)
+        shots = base_mode.load_shots(args.data_root or default_data_root()) if needs_shots else {}
+    except (SpecError, MissingReference, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    rank, world, device = compute_init()
+    reporter = Reporter(rank, "evaluation", args.tracking_uri, args.mlflow_run_id)
+    try:
+        evaluate(spec, args, work, mode, shots, manifest, mixture, reporter, rank, world, device)
+    except BaseException:
+        reporter.finish({}, None, ok=False)  # a standalone MLflow run is ended (KILLED), never left RUNNING
+        raise
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -27,7 +27,6 @@ the model) receive only the local loss's gradient and are all-reduced over the w
 
 from __future__ import annotations
 
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn

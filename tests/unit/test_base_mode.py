@@ -77,3 +77,4 @@ def test_mode_follows_the_stage_unless_set():
         ["base", "base", "chat", "chat", "chat"]
     assert EvalConfig(mode="chat").mode_for("midtrain") == "chat"
     assert EvalConfig(mode="base").mode_for("rl") == "base"
+
