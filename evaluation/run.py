@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from agents.chat import render
+from agents.sandbox import SandboxUnavailable, run_untrusted
 from evaluation import base_mode, vision_suites
 from evaluation import suites as text_suites
 from evaluation.agent_suites import PRIMARY_ARM
@@ -337,6 +338,16 @@ def evaluate(spec: EvalSpec, args, work: dict[str, list], mode: str, shots: dict
                          "evaluated_checkpoint": spec.checkpoint.uri, **metrics}, storage.sha256_bytes(buf.getvalue()))
 
 
+def sandbox_preflight(cfg: EvalConfig) -> None:
+    """One trivial program through the HumanEval sandbox, before any suite runs: without root,
+    namespaces or a memory cgroup, HumanEval could not be scored, and finding that out after
+    GSM8K and MMLU were computed would throw their work away."""
+    result = run_untrusted("print('sandbox ok')\n", 30, min(cfg.code_memory_mb, 256))
+    if result.status != "passed" or "sandbox ok" not in result.detail:
+        raise SandboxUnavailable(f"humaneval needs the sandbox, and a trivial program failed in it: {result.status}: "
+                                 f"{result.detail[-300:]}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:  # everything cheap is checked before the process group and the model exist
@@ -347,7 +358,9 @@ def main(argv=None) -> None:
         mode = cfg.mode_for(spec.checkpoint.stage)  # base or chat: how the text suites ask
         needs_shots = mode == "base" and any(s in TEXT_SUITES and s not in ("mmlu", "humaneval") for s in work)
         shots = base_mode.load_shots(args.data_root or default_data_root()) if needs_shots else {}
-    except (SpecError, MissingReference, FileNotFoundError, ValueError) as e:
+        if "humaneval" in work:
+            sandbox_preflight(cfg)
+    except (SpecError, MissingReference, FileNotFoundError, ValueError, SandboxUnavailable) as e:
         fail(str(e))
     rank, world, device = compute_init()
     reporter = Reporter(rank, "evaluation", args.tracking_uri, args.mlflow_run_id)

@@ -29,3 +29,19 @@ def test_report_figures_carry_a_bootstrap_interval_chance_and_labelled_substitut
     assert "Mode: **base**" in md and "| 0.250 |" in md and "95% CI" in md
     assert mlflow_name("mmlu/accuracy") == "mmlu_accuracy"
     assert mlflow_name("digits_caption_retrieval/accuracy") == "substitute_digits_caption_retrieval_accuracy"
+
+
+def test_a_missing_sandbox_is_found_before_any_suite_runs(monkeypatch):
+    """Without root the sandbox cannot be built: the preflight says so (main() turns it into an
+    error exit before the model loads); with root it passes."""
+    import os
+
+    from agents import sandbox
+    from evaluation.run import sandbox_preflight
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to show the passing side")
+    sandbox_preflight(EvalConfig())  # the real sandbox: passes
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    with pytest.raises(sandbox.SandboxUnavailable, match="root"):
+        sandbox_preflight(EvalConfig())

@@ -177,6 +177,23 @@ def test_memory_hog_hits_the_limit(run_untrusted):
     assert "MemoryError" in result.detail and "allocated" not in result.detail
 
 
+def test_total_memory_of_many_processes_is_capped(run_untrusted):
+    """Six processes of 200 MiB each stay under the per-process limit (256 MiB) but not under the
+    run's total: the memory cgroup kills them before all six hold their memory. A kernel session
+    is not capped this way yet: its sessions share the kernel's one total cap (Kernel(memory_mb),
+    2 GiB here), its own `memory_mb` is per process (a known gap, issue 14 item 5)."""
+    if getattr(run_untrusted, "mode", "") == "session":
+        pytest.xfail("kernel sessions have no total cap of their own yet; the kernel's total cap applies")
+    code = ("import os, time\nkids = []\nfor i in range(6):\n    pid = os.fork()\n    if pid == 0:\n"
+            "        b = bytearray(200 * 1024 ** 2)\n        b[::4096] = b'x' * len(b[::4096])\n"
+            "        print('child holds', i, flush=True)\n        time.sleep(3)\n        os._exit(0)\n"
+            "    kids.append(pid)\n"
+            "codes = [os.waitpid(p, 0)[1] for p in kids]\nprint('all held' if all(c == 0 for c in codes) else 'killed', flush=True)\n")
+    result = run_untrusted(code, 30, 256)
+    assert "all held" not in result.detail, result.detail[-500:]
+    assert sandbox_processes() == []
+
+
 def test_output_flood_and_big_files_are_bounded(run_untrusted):
     result = run_untrusted("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", 5, 128, max_file_mb=1)
     # a program's write past RLIMIT_FSIZE fails (EFBIG); a cell's output is capped while it runs
