@@ -131,8 +131,7 @@ def eval_choice_by_likelihood(model, vocab, suite: str, examples: list[Example],
 
 
 @torch.no_grad()
-def eval_generation(model, vocab, suite: str, examples: list[Example], cfg, shots: dict[str, str],
-                    generator: torch.Generator) -> list[dict]:
+def eval_generation(model, vocab, suite: str, examples: list[Example], cfg, shots: dict[str, str]) -> list[dict]:
     """Few-shot generation with stop sequences, avg@k samples per prompt as in chat mode."""
     k = cfg.samples_for(suite)
     max_new = min(cfg.max_new_tokens, model.cfg.max_seq_len // 2)
@@ -143,7 +142,9 @@ def eval_generation(model, vocab, suite: str, examples: list[Example], cfg, shot
         batch = jobs[start:start + cfg.batch_size]
         prompts = [[vocab.eos] + vocab.encode(base_prompt(ex, shots)) for ex, _ in batch]
         prompts = [p[-budget:] for p in prompts]
-        outs = model.generate(prompts, max_new, {vocab.eos, vocab.im_end}, cfg.temperature, cfg.top_p, generator)
+        generators = [text_suites.request_generator(cfg.seed, ex.id, s, model.backbone.head.weight.device)
+                      for ex, s in batch]
+        outs = model.generate(prompts, max_new, {vocab.eos, vocab.im_end}, cfg.temperature, cfg.top_p, generators)
         for (ex, sample), prompt, out in zip(batch, prompts, outs):
             text = cut_at_stop(vocab.decode([t for t in out if t not in (vocab.eos, vocab.im_end)]), stops_for(ex))
             scored = text_suites.score(ex, text, timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb)

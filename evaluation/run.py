@@ -120,8 +120,7 @@ def prompt_budget(model: K25Model, cfg: EvalConfig) -> int:
 
 
 @torch.no_grad()
-def eval_text_suite(model: K25Model, vocab: Vocab, suite: str, examples: list, cfg: EvalConfig,
-                    generator: torch.Generator) -> list[dict]:
+def eval_text_suite(model: K25Model, vocab: Vocab, suite: str, examples: list, cfg: EvalConfig) -> list[dict]:
     k = cfg.samples_for(suite)
     budget = prompt_budget(model, cfg)
     max_new = min(cfg.max_new_tokens, model.cfg.max_seq_len - 1)
@@ -131,7 +130,9 @@ def eval_text_suite(model: K25Model, vocab: Vocab, suite: str, examples: list, c
         batch = jobs[start:start + cfg.batch_size]
         prompts = [render([{"role": "user", "content": ex.prompt}], vocab, add_generation_prompt=True)[-budget:]
                    for ex, _ in batch]
-        outs = model.generate(prompts, max_new, {vocab.im_end, vocab.eos}, cfg.temperature, cfg.top_p, generator)
+        device = model.backbone.head.weight.device
+        generators = [text_suites.request_generator(cfg.seed, ex.id, s, device) for ex, s in batch]
+        outs = model.generate(prompts, max_new, {vocab.im_end, vocab.eos}, cfg.temperature, cfg.top_p, generators)
         for (ex, sample), prompt, out in zip(batch, prompts, outs):
             text = vocab.tok.decode([t for t in out if t not in (vocab.im_end, vocab.eos)])
             scored = text_suites.score(ex, text, timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb)
@@ -279,16 +280,15 @@ def evaluate(spec: EvalSpec, args, work: dict[str, list], mode: str, shots: dict
     cfg = spec.evaluation
     vocab = load_vocab(mixture)
     model = checkpoint.load_model(spec.checkpoint, device, manifest=manifest).eval()
-    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
     records = []
     for suite, examples in work.items():
         mine = examples[rank::world]
         if suite in TEXT_SUITES and mode == "base" and suite == "mmlu":
             records += base_mode.eval_choice_by_likelihood(model, vocab, suite, mine, model.cfg.max_seq_len, device)
         elif suite in TEXT_SUITES and mode == "base":
-            records += base_mode.eval_generation(model, vocab, suite, mine, cfg, shots, generator)
+            records += base_mode.eval_generation(model, vocab, suite, mine, cfg, shots)
         elif suite in TEXT_SUITES:
-            records += eval_text_suite(model, vocab, suite, mine, cfg, generator)
+            records += eval_text_suite(model, vocab, suite, mine, cfg)
         else:
             records += eval_vision_suite(model, vocab, suite, mine, device)
         reporter.log(f"{suite}: {len(mine)} examples scored on rank {rank}")

@@ -48,11 +48,14 @@ import json
 import math
 import os
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+
+import torch
 
 from agents.rewards.math import math_score
 from evaluation import scorers
@@ -331,6 +334,13 @@ def _format_number(value: Fraction) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # multi-sample metrics
+
+
+def request_generator(seed: int, example_id: str, sample: int, device="cpu") -> torch.Generator:
+    """The sampling generator of one (example, sample) request: seeded from the run's seed and the
+    request itself, so a sampled answer is the same whatever the world size, the rank or the batch."""
+    key = zlib.crc32(f"{seed}/{example_id}/{sample}".encode())
+    return torch.Generator(device=device).manual_seed(key)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -59,7 +59,8 @@ class K25Model(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int],
-                 temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
                  vision_items: list[torch.Tensor] | None = None) -> list[list[int]]:
         """Static batched generation with the MLA latent cache: one prefill, then one token per
         step. `vision_items` are the prompts' media in placeholder order (row by row); each item's
@@ -124,7 +125,9 @@ def mean_token_loss(token_loss: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
     """Greedy at temperature <= 0, else softmax(logits / T) sampling restricted to the smallest set
-    of tokens whose probability reaches top_p (the top token is always kept)."""
+    of tokens whose probability reaches top_p (the top token is always kept). `generator`: one
+    torch.Generator for the batch, or a list with one per row (a request's draws then do not
+    depend on which other requests share its batch)."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, -1)
@@ -133,4 +136,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         keep = sorted_p.cumsum(-1) - sorted_p < top_p
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
+    probs = probs / probs.sum(-1, keepdim=True)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(row[None], 1, generator=g)[0] for row, g in zip(probs, generator)])
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

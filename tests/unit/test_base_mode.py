@@ -78,3 +78,23 @@ def test_mode_follows_the_stage_unless_set():
     assert EvalConfig(mode="chat").mode_for("midtrain") == "chat"
     assert EvalConfig(mode="base").mode_for("rl") == "base"
 
+
+
+def test_sampled_answers_do_not_depend_on_the_batch(vocab, random_model):
+    """One generator per request: a prompt sampled alone, or beside others in any order, draws the
+    same tokens (what makes avg@k reproducible across world and batch sizes)."""
+    from evaluation.suites import request_generator
+
+    prompts = [vocab.encode("The capital of France"), vocab.encode("Numbers: 1 2 3"), vocab.encode("Once upon")]
+    ids = ["a", "b", "c"]
+
+    def sample(order):
+        gens = [request_generator(0, ids[i], 0) for i in order]
+        outs = random_model.generate([prompts[i] for i in order], 8, set(), 1.0, 1.0, gens)
+        return {ids[i]: out for i, out in zip(order, outs)}
+
+    alone = {ids[i]: sample([i])[ids[i]] for i in range(3)}
+    assert sample([0, 1, 2]) == alone and sample([2, 0, 1]) == alone
+    assert len({tuple(v) for v in alone.values()}) == 3
+    other_seed = random_model.generate([prompts[0]], 8, set(), 1.0, 1.0, [request_generator(1, "a", 0)])[0]
+    assert other_seed != alone["a"]  # the seed matters
