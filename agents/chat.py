@@ -50,6 +50,28 @@ class RenderedTurn:
     body: list[int]
 
 
+# The same format as a Jinja chat template (text messages in the shape above), for exported
+# transformers folders (model/transformers_io.py) and servers that render prompts themselves;
+# tests/integration/test_transformers_io.py checks that it tokenizes exactly as `render` does.
+CHAT_TEMPLATE_JINJA = (
+    "{%- set ns = namespace(calls=0) -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'system' -%}<|im_system|>system<|im_middle|>{{ m.content or '' }}<|im_end|>"
+    "{%- elif m.role == 'user' -%}<|im_user|>user<|im_middle|>{{ m.content or '' }}<|im_end|>"
+    "{%- elif m.role == 'assistant' -%}<|im_assistant|>assistant<|im_middle|>"
+    "{%- if m.reasoning is defined and m.reasoning is not none -%}<think>{{ m.reasoning }}</think>{%- endif -%}"
+    "{{ m.content or '' }}"
+    "{%- if m.tool_calls -%}<|tool_calls_section_begin|>"
+    "{%- for c in m.tool_calls -%}<|tool_call_begin|>functions.{{ c.name }}:{{ ns.calls }}<|tool_call_argument_begin|>"
+    "{{ (c.arguments or {}) | tojson(ensure_ascii=False) }}<|tool_call_end|>{%- set ns.calls = ns.calls + 1 -%}"
+    "{%- endfor -%}<|tool_calls_section_end|>{%- endif -%}<|im_end|>"
+    "{%- elif m.role == 'tool' -%}<|im_system|>tool<|im_middle|>## Return of functions.{{ m.name }}:{{ m.call_index }}\n"
+    "{{ m.content or '' }}<|im_end|>"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_assistant|>assistant<|im_middle|>{%- endif -%}"
+)
+
+
 def media_ids(item, vocab: Vocab) -> list[int]:
     """The placeholder run of one image ([H, W, 3]) or video chunk ([T, H, W, 3])."""
     from model.vision import vision_token_count

@@ -6,7 +6,8 @@ default experts implementation).
 
     python -m benchmarks.bench_backbone [--dim 384 --layers 4 --experts 16 --top-k 4 --seq 512 --batch 2]
 
-Also home of `reference_model`, which the parity tests use (transformers >= 5).
+The reference is built by `model.transformers_io.to_transformers` (the export's mapping, also
+what the parity tests use).
 """
 
 from __future__ import annotations
@@ -18,76 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from model.backbone import Backbone, MoE
+from model.backbone import Backbone
 from model.config import ModelConfig
-
-
-def reference_config(cfg: ModelConfig):
-    """The DeepseekV3Config with our dimensions. transformers' DeepseekV3 always routes with
-    sigmoid scores and the e_score_correction_bias (scoring_func sigmoid, topk_method noaux_tc);
-    n_group = topk_group = 1 turns group-limited routing off, as in K2."""
-    from transformers import DeepseekV3Config
-
-    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-    if cfg.yarn_factor > 1:
-        rope = {"rope_type": "yarn", "rope_theta": cfg.rope_theta, "factor": cfg.yarn_factor,
-                "original_max_position_embeddings": cfg.original_max_position,
-                "beta_fast": cfg.yarn_beta_fast, "beta_slow": cfg.yarn_beta_slow,
-                "mscale": cfg.yarn_mscale, "mscale_all_dim": cfg.yarn_mscale_all_dim}
-    return DeepseekV3Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
-        moe_intermediate_size=cfg.expert_dim, num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
-        n_shared_experts=cfg.n_shared_experts, n_routed_experts=cfg.n_experts,
-        num_experts_per_tok=cfg.top_k, routed_scaling_factor=cfg.routed_scaling, n_group=1, topk_group=1,
-        norm_topk_prob=True, first_k_dense_replace=cfg.n_dense_layers,
-        q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank, qk_nope_head_dim=cfg.qk_nope_head_dim,
-        qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim,
-        max_position_embeddings=max(cfg.max_seq_len, cfg.original_max_position), rms_norm_eps=cfg.norm_eps,
-        rope_parameters=rope, rope_interleave=True, tie_word_embeddings=False, attention_bias=False,
-        hidden_act="silu", num_nextn_predict_layers=0,
-    )
-
-
-def reference_state_dict(ours: Backbone, expert_keys: set[str]) -> dict[str, torch.Tensor]:
-    """Our weights under DeepseekV3ForCausalLM names. Our experts are stacked [E, in, out] (w_gate,
-    w_up, w_down); transformers >= 5 stacks them as gate_up_proj [E, 2*out, in] and down_proj
-    [E, dim, expert_dim], older versions keep one Linear ([out, in]) per expert: both are filled."""
-    sd = {"model.embed_tokens.weight": ours.embed.weight, "model.norm.weight": ours.norm.weight,
-          "lm_head.weight": ours.head.weight}
-    for i, layer in enumerate(ours.layers):
-        p = f"model.layers.{i}."
-        sd[p + "input_layernorm.weight"] = layer.attn_norm.weight
-        sd[p + "post_attention_layernorm.weight"] = layer.ffn_norm.weight
-        for name in ("q_a_proj", "q_a_layernorm", "q_b_proj", "kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj", "o_proj"):
-            sd[p + f"self_attn.{name}.weight"] = getattr(layer.attn, name).weight
-        ffn = layer.ffn
-        if not isinstance(ffn, MoE):
-            for ours_name, name in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
-                sd[p + f"mlp.{name}.weight"] = getattr(ffn, ours_name).weight
-            continue
-        sd[p + "mlp.gate.weight"] = ffn.router.weight
-        sd[p + "mlp.gate.e_score_correction_bias"] = ffn.expert_bias
-        for ours_name, name in (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")):
-            sd[p + f"mlp.shared_experts.{name}.weight"] = getattr(ffn.shared, ours_name).weight
-        if p + "mlp.experts.gate_up_proj" in expert_keys:
-            sd[p + "mlp.experts.gate_up_proj"] = torch.cat([ffn.w_gate.mT, ffn.w_up.mT], dim=1)
-            sd[p + "mlp.experts.down_proj"] = ffn.w_down.mT
-        else:
-            for e in range(ffn.n_experts):
-                sd[p + f"mlp.experts.{e}.gate_proj.weight"] = ffn.w_gate[e].T
-                sd[p + f"mlp.experts.{e}.up_proj.weight"] = ffn.w_up[e].T
-                sd[p + f"mlp.experts.{e}.down_proj.weight"] = ffn.w_down[e].T
-    return {k: v.detach().clone().contiguous() for k, v in sd.items()}
-
-
-def reference_model(ours: Backbone):
-    """transformers' DeepseekV3ForCausalLM with our config and a copy of our weights (fp32)."""
-    from transformers import DeepseekV3ForCausalLM
-
-    theirs = DeepseekV3ForCausalLM(reference_config(ours.cfg)).to(ours.head.weight.dtype)
-    theirs.load_state_dict(reference_state_dict(ours, set(theirs.state_dict())), strict=True)
-    return theirs.train(ours.training)
+from model.transformers_io import to_transformers
 
 
 def median_tokens_per_s(steps: dict, tokens: int, rounds: int) -> dict[str, float]:
@@ -158,7 +92,7 @@ def main() -> None:
                       max_seq_len=args.seq, original_max_position=max(1, int(args.seq / args.yarn)),
                       yarn_factor=args.yarn)
     ours = Backbone(cfg)
-    theirs = reference_model(ours)
+    theirs = to_transformers(ours)
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     with torch.no_grad():
         diff = diff_logits = (ours.forward_embeddings(ours.embed(tokens)) - theirs(tokens).logits).abs().max().item()

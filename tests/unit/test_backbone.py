@@ -42,13 +42,13 @@ def logits(backbone: Backbone, tokens, **kw):
 @torch.no_grad()
 def test_matches_transformers_deepseek_v3(yarn):
     pytest.importorskip("transformers", minversion="5.0")
-    from benchmarks.bench_backbone import reference_model
+    from model.transformers_io import to_transformers
 
     torch.manual_seed(0)
     ours = Backbone(tiny_cfg()).eval()
     randomise_norms_and_biases(ours)
     ours.set_yarn(yarn)  # also checks that set_yarn reaches rope tables and softmax scale
-    theirs = reference_model(ours).eval()
+    theirs = to_transformers(ours).eval()
     assert theirs.config.rope_parameters["rope_type"] == ("yarn" if yarn > 1 else "default")
     tokens = torch.randint(0, 256, (2, 48))  # 48 > original_max_position 16: YaRN matters
     torch.testing.assert_close(logits(ours, tokens), theirs(tokens).logits, atol=1e-4, rtol=1e-4)
